@@ -1,0 +1,3 @@
+"""pycni: a CNI plugin (bridge + file-backed IPAM) in Python."""
+
+__version__ = "0.1.0"

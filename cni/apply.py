@@ -1,0 +1,378 @@
+"""Carries out a `Plan` with netlink (pyroute2); the kernel-facing half of ADD, DEL and CHECK.
+
+Rule: no decisions here, only idempotent steps: EEXIST is fine when the thing is what we want,
+ENOENT/ENODEV on removal is success. Every netlink failure leaves as a CNIError naming the step.
+pyroute2 is imported on first use, so commands that never touch links never pay for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from . import names, netns, sysctl
+from .errors import CNIError, InvalidConfig, UnsupportedField
+from .plan import Plan
+from .result import IPInterface, Route
+
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+IFA_F_NODAD = 0x02
+
+
+def open_rtnl() -> Any:
+    from pyroute2.iproute.linux import IPRoute
+
+    return IPRoute()
+
+
+def open_rtnl_in(path: str) -> Any:
+    """A netlink socket bound to the namespace at `path` (it stays there after we return)."""
+    with netns.entered(path):
+        return open_rtnl()
+
+
+def _errno(e: BaseException) -> int | None:
+    return getattr(e, "code", None) if type(e).__name__ == "NetlinkError" else getattr(e, "errno", None)
+
+
+def failed(step: str, e: BaseException) -> CNIError:
+    code = _errno(e)
+    detail = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    return CNIError(f"failed to {step}", f"{e} {detail}".strip())
+
+
+def attr(msg: Any, name: str, default: Any = None) -> Any:
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+def link_kind(msg: Any) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
+
+
+def lookup(ipr: Any, ifname: str) -> Any | None:
+    """The link message of `ifname`, or None."""
+    try:
+        links = ipr.get_links(ifname=ifname)
+    except Exception as e:
+        if _errno(e) in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise failed(f"look up link {ifname}", e) from None
+    return links[0] if links else None
+
+
+def _family(addr: IPInterface) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
+
+
+def addresses_of(ipr: Any, index: int) -> list[IPInterface]:
+    out = []
+    for msg in ipr.get_addr(index=index):
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if local:
+            out.append(ipaddress.ip_interface(f"{local}/{msg['prefixlen']}"))
+    return out
+
+
+# ---------------------------------------------------------------- bridge
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    index: int
+    mac: str
+    mtu: int
+
+
+def _info(msg: Any) -> LinkInfo:
+    return LinkInfo(attr(msg, "IFLA_IFNAME", ""), msg["index"], attr(msg, "IFLA_ADDRESS", ""),
+                    attr(msg, "IFLA_MTU", 0))
+
+
+def ensure_bridge(ipr: Any, plan: Plan) -> LinkInfo:
+    msg = lookup(ipr, plan.bridge)
+    if msg is None:
+        spec: dict[str, Any] = {"ifname": plan.bridge, "kind": "bridge"}
+        if plan.mtu:
+            spec["mtu"] = plan.mtu
+        try:
+            ipr.link("add", **spec)
+        except Exception as e:
+            if _errno(e) != errno.EEXIST:  # a concurrent ADD made it first
+                raise failed(f"create bridge {plan.bridge}", e) from None
+        msg = lookup(ipr, plan.bridge)
+        if msg is None:
+            raise CNIError(f"bridge {plan.bridge} vanished while being set up")
+        # Pin the MAC: otherwise the bridge takes the lowest port MAC and changes as pods come and go.
+        try:
+            ipr.link("set", index=msg["index"], address=attr(msg, "IFLA_ADDRESS"))
+            sysctl.write(sysctl.iface_key(6, plan.bridge, "accept_ra"), "0")
+        except Exception as e:
+            raise failed(f"configure bridge {plan.bridge}", e) from None
+    elif link_kind(msg) != "bridge":
+        raise InvalidConfig(f"{plan.bridge} already exists but is not a bridge",
+                            f"it is a {link_kind(msg) or 'device of unknown kind'}")
+    index = msg["index"]
+    flags = msg["flags"]
+    IFF_UP, IFF_PROMISC = 0x1, 0x100
+    try:
+        if plan.promisc and not flags & IFF_PROMISC:
+            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        if not flags & IFF_UP:
+            ipr.link("set", index=index, state="up")
+    except Exception as e:
+        raise failed(f"bring up bridge {plan.bridge}", e) from None
+    return _info(msg)
+
+
+def ensure_bridge_addresses(ipr: Any, bridge: LinkInfo, plan: Plan) -> None:
+    if not plan.bridge_addresses:
+        return
+    existing = addresses_of(ipr, bridge.index)
+    for want in plan.bridge_addresses:
+        if want in existing:
+            continue
+        if want.version == 4:
+            conflicting = [a for a in existing if a.version == 4]
+        else:
+            conflicting = [a for a in existing if a.version == 6 and a.network.overlaps(want.network)
+                           and not a.ip.is_link_local]
+        for old in conflicting:
+            if not plan.force_address:
+                raise CNIError(f"{plan.bridge} already has an IP address different from {want}",
+                               f"it has {old}; set forceAddress to replace it")
+            try:
+                ipr.addr("del", index=bridge.index, address=str(old.ip), prefixlen=old.network.prefixlen)
+            except Exception as e:
+                if _errno(e) not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                    raise failed(f"remove {old} from {plan.bridge}", e) from None
+        try:
+            # no DAD for the gateway: it is ours, and a tentative gateway blackholes the first pods
+            extra = {"IFA_FLAGS": IFA_F_NODAD} if want.version == 6 else {}
+            ipr.addr("add", index=bridge.index, address=str(want.ip), prefixlen=want.network.prefixlen, **extra)
+        except Exception as e:
+            if _errno(e) != errno.EEXIST:  # a concurrent ADD put it there first
+                raise failed(f"add {want} to {plan.bridge}", e) from None
+    for fam in plan.forward_families:
+        sysctl.write("net/ipv4/ip_forward" if fam == 4 else "net/ipv6/conf/all/forwarding", "1")
+
+
+# ---------------------------------------------------------------- veth
+
+
+def create_veth(ipr: Any, plan: Plan, netns_fd: int) -> None:
+    peer: dict[str, Any] = {"ifname": plan.ifname, "net_ns_fd": netns_fd}
+    spec: dict[str, Any] = {"ifname": plan.host_veth, "kind": "veth", "peer": peer}
+    if plan.mtu:
+        spec["mtu"] = peer["mtu"] = plan.mtu
+    if plan.mac:
+        peer["address"] = plan.mac
+    try:
+        ipr.link("add", **spec)
+    except Exception as e:
+        if _errno(e) == errno.EEXIST:
+            raise CNIError("failed to create veth pair",
+                           f"host interface {plan.host_veth} already exists: is the attachment "
+                           "already added? DEL it first") from None
+        raise failed(f"create veth pair {plan.host_veth}/{plan.ifname}", e) from None
+
+
+def attach_host_veth(ipr: Any, plan: Plan, bridge: LinkInfo) -> LinkInfo:
+    msg = lookup(ipr, plan.host_veth)
+    if msg is None:
+        raise CNIError(f"host veth {plan.host_veth} vanished after creation")
+    index = msg["index"]
+    try:
+        ipr.link("set", index=index, master=bridge.index, ifalias=plan.host_alias)
+        if plan.hairpin:
+            ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
+        if plan.vlan:
+            _set_vlan(ipr, plan, bridge, index)
+        ipr.link("set", index=index, state="up")
+    except CNIError:
+        raise
+    except Exception as e:
+        raise failed(f"attach {plan.host_veth} to {plan.bridge}", e) from None
+    sysctl.write(sysctl.iface_key(6, plan.host_veth, "accept_ra"), "0")
+    return _info(msg)
+
+
+def _set_vlan(ipr: Any, plan: Plan, bridge: LinkInfo, index: int) -> None:
+    try:
+        ipr.link("set", index=bridge.index, kind="bridge", br_vlan_filtering=1)
+        ipr.vlan_filter("del", index=index, vlan_info={"vid": 1})
+        ipr.vlan_filter("add", index=index, vlan_info={"vid": plan.vlan, "flags": ["pvid", "untagged"]})
+    except Exception as e:
+        if _errno(e) == errno.EOPNOTSUPP:
+            raise UnsupportedField("unsupported field: vlan",
+                                   f"vlan={plan.vlan}: this kernel has no bridge VLAN filtering") from None
+        raise
+
+
+# ---------------------------------------------------------------- container side
+
+
+def configure_container(plan: Plan, ipr: Any) -> LinkInfo:
+    """The pod side: sysctls (inside the namespace), addresses, link up, routes.
+
+    `ipr` is a netlink socket opened inside the pod namespace (`open_rtnl_in`)."""
+    has_v6 = any(a.version == 6 for a in plan.addresses)
+    with netns.entered(plan.netns):
+        if has_v6:
+            sysctl.write(sysctl.iface_key(6, plan.ifname, "disable_ipv6"), "0")
+            sysctl.write(sysctl.iface_key(6, plan.ifname, "keep_addr_on_down"), "1")
+            if plan.disable_dad:
+                sysctl.write(sysctl.iface_key(6, plan.ifname, "accept_dad"), "0")
+        sysctl.write(sysctl.iface_key(4, plan.ifname, "arp_notify"), "1")
+    msg = lookup(ipr, plan.ifname)
+    if msg is None:
+        raise CNIError(f"{plan.ifname} did not appear in {plan.netns}")
+    index = msg["index"]
+    for a in plan.addresses:
+        try:
+            ipr.addr("add", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
+        except Exception as e:
+            raise failed(f"add address {a} to {plan.ifname}", e) from None
+    try:
+        ipr.link("set", index=index, state="up")
+    except Exception as e:
+        raise failed(f"bring up {plan.ifname}", e) from None
+    for r in plan.routes:
+        add_route(ipr, index, r)
+    if has_v6 and not plan.disable_dad:
+        settle_addresses(ipr, index)
+    return _info(msg)
+
+
+def add_route(ipr: Any, index: int, r: Route) -> None:
+    spec: dict[str, Any] = {"dst": str(r.dst), "oif": index,
+                            "family": socket.AF_INET if r.dst.version == 4 else socket.AF_INET6}
+    if r.gw is not None:
+        spec["gateway"] = str(r.gw)
+    if r.priority is not None:
+        spec["priority"] = r.priority
+    if r.table is not None:
+        spec["table"] = r.table
+    if r.scope is not None:
+        spec["scope"] = r.scope
+    metrics = {}
+    if r.mtu:
+        metrics["mtu"] = r.mtu
+    if r.advmss:
+        metrics["advmss"] = r.advmss
+    if metrics:
+        spec["metrics"] = metrics
+    try:
+        ipr.route("add", **spec)
+    except Exception as e:
+        if _errno(e) != errno.EEXIST:
+            raise failed(f"add route {r.dst} via {r.gw}", e) from None
+
+
+def settle_addresses(ipr: Any, index: int, timeout: float = 5.0) -> None:
+    """With DAD kept on, wait until no IPv6 address is tentative (as the reference does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        flags = [attr(m, "IFA_FLAGS", m["flags"]) for m in ipr.get_addr(index=index, family=socket.AF_INET6)]
+        if any(f & IFA_F_DADFAILED for f in flags):
+            raise CNIError("IPv6 duplicate address detection failed")
+        if not any(f & IFA_F_TENTATIVE for f in flags):
+            return
+        if time.monotonic() > deadline:
+            raise CNIError("IPv6 addresses still tentative after 5s")
+        time.sleep(0.05)
+
+
+def wait_port_up(ipr: Any, index: int, timeout: float = 2.0) -> None:
+    """The bridge port must be up (carrier) before traffic flows; usually it is at once."""
+    delay, deadline = 0.005, time.monotonic() + timeout
+    while True:
+        links = ipr.get_links(index)
+        if links and attr(links[0], "IFLA_OPERSTATE", "") in ("UP", "UNKNOWN"):
+            return
+        if time.monotonic() > deadline:
+            raise CNIError("bridge port in error state", f"link {index} is not up after {timeout}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+# ---------------------------------------------------------------- DEL / GC
+
+
+def delete_link(ipr: Any, ifname: str) -> bool:
+    """Remove `ifname`; False when it was not there."""
+    msg = lookup(ipr, ifname)
+    if msg is None:
+        return False
+    try:
+        ipr.link("del", index=msg["index"])
+    except Exception as e:
+        if _errno(e) in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise failed(f"delete link {ifname}", e) from None
+    return True
+
+
+def delete_container_link(path: str, ifname: str) -> list[IPInterface]:
+    """Delete `ifname` inside the namespace (its veth peer goes with it); its addresses before."""
+    with netns.entered(path):
+        ipr = open_rtnl()
+    try:
+        msg = lookup(ipr, ifname)
+        if msg is None:
+            return []
+        addrs = addresses_of(ipr, msg["index"])
+        delete_link(ipr, ifname)
+        return addrs
+    finally:
+        ipr.close()
+
+
+def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str, str]]:
+    """(host veth, container id, ifname) of every host veth this network made."""
+    out = []
+    for msg in ipr.get_links():
+        alias = msg.get_attr("IFLA_IFALIAS")
+        parsed = names.parse_attachment_alias(alias) if alias else None
+        if parsed and parsed[0] == network:
+            out.append((attr(msg, "IFLA_IFNAME", ""), parsed[1], parsed[2]))
+    return out
+
+
+# ---------------------------------------------------------------- CHECK
+
+
+def container_state(path: str, ifname: str) -> tuple[Any, list[IPInterface], list[Any]] | None:
+    """(link message, addresses, routes) of `ifname` in the namespace, or None."""
+    with netns.entered(path):
+        ipr = open_rtnl()
+    try:
+        msg = lookup(ipr, ifname)
+        if msg is None:
+            return None
+        routes = list(ipr.get_routes(family=socket.AF_INET)) + list(ipr.get_routes(family=socket.AF_INET6))
+        return msg, addresses_of(ipr, msg["index"]), routes
+    finally:
+        ipr.close()
+
+
+def route_present(routes: Iterable[Any], index: int, r: Route) -> bool:
+    for m in routes:
+        dst = m.get_attr("RTA_DST")
+        net = f"{dst}/{m['dst_len']}" if dst else ("0.0.0.0/0" if m["family"] == socket.AF_INET else "::/0")
+        if ipaddress.ip_network(net, strict=False) != r.dst:
+            continue
+        if m.get_attr("RTA_OIF") not in (None, index):
+            continue
+        gw = m.get_attr("RTA_GATEWAY")
+        if r.gw is not None and (gw is None or ipaddress.ip_address(gw) != r.gw):
+            continue
+        return True
+    return False

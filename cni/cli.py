@@ -1,0 +1,76 @@
+"""`pycni` for people (no CNI_COMMAND in the environment): --version, and `exec`, which runs a
+conflist against a network namespace the way a container runtime would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import CNIError
+from .version import CURRENT, SUPPORTED
+
+DEFAULT_CNI_PATH = "/opt/cni/bin"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pycni",
+        description="pycni CNI plugin. Run by a container runtime with CNI_COMMAND set; "
+                    "by hand, `pycni exec` drives a conflist as libcni does.")
+    p.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = p.add_subparsers(dest="cmd")
+    ex = sub.add_parser("exec", help="run a .conflist (add, del, check, status, gc)")
+    ex.add_argument("verb", choices=["add", "del", "check", "status", "gc"])
+    ex.add_argument("conflist", help="network configuration list (.conflist JSON, .conf or YAML)")
+    ex.add_argument("netns", nargs="?", default="", help="path of the pod network namespace")
+    ex.add_argument("--container-id", help="default: a hash of the netns path")
+    ex.add_argument("--ifname", default="eth0")
+    ex.add_argument("--args", default="", help="CNI_ARGS, e.g. 'IgnoreUnknown=1;IP=10.1.0.9'")
+    ex.add_argument("--runtime-config", default="{}",
+                    help="capability args as JSON, e.g. '{\"portMappings\": [...], \"mac\": \"...\"}'")
+    ex.add_argument("--cni-path", default=os.environ.get("CNI_PATH", DEFAULT_CNI_PATH),
+                    help="plugin directories, ':'-separated (default $CNI_PATH or /opt/cni/bin)")
+    ex.add_argument("--cache-dir", default=os.environ.get("PYCNI_CACHE_DIR", "/var/lib/cni/results"))
+    ex.add_argument("--valid", action="append", default=[], metavar="ID/IFNAME",
+                    help="gc: an attachment that is still valid (repeatable)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"pycni {__version__}\nCNI spec versions: {', '.join(SUPPORTED)} (current {CURRENT})")
+        return 0
+    if args.cmd != "exec":
+        _parser().print_help(sys.stderr)
+        return 2
+    from .driver import Attachment, Driver, default_container_id, load_conflist
+
+    try:
+        netlist = load_conflist(args.conflist)
+        runtime = json.loads(args.runtime_config)
+        driver = Driver(netlist, [p for p in args.cni_path.split(os.pathsep) if p], args.cache_dir)
+        if args.verb in ("add", "del", "check") and not args.netns and args.verb != "del":
+            raise CNIError("a netns path is required", f"pycni exec {args.verb} CONFLIST NETNS")
+        att = Attachment(args.container_id or default_container_id(args.netns), args.netns,
+                         args.ifname, args.args, runtime)
+        if args.verb == "add":
+            print(json.dumps(driver.add(att), indent=2))
+        elif args.verb == "del":
+            driver.delete(att)
+        elif args.verb == "check":
+            driver.check(att)
+        elif args.verb == "status":
+            driver.status()
+        else:
+            driver.gc([tuple(v.rsplit("/", 1)) for v in args.valid])
+        return 0
+    except CNIError as e:
+        print(json.dumps(e.to_dict(CURRENT), indent=2))
+        return 1
+    except (OSError, ValueError) as e:
+        print(json.dumps(CNIError("pycni exec failed", str(e)).to_dict(CURRENT), indent=2))
+        return 1

@@ -1,0 +1,139 @@
+"""The bridge plugin's verbs, top to bottom. Read ADD first:
+
+    parse config -> reserve addresses (IPAM) -> plan -> apply, pushing an undo for each thing
+    made -> on success drop the undos and return the result; on any error the undos run.
+
+Rule: handlers take a `skel.Request` and return a `Result` or None; they never print or exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Any, Callable
+
+from . import apply, config, ipam_client, names, netns
+from .errors import CNIError, InvalidConfig, InvalidEnvironment
+from .log import log
+from .plan import final_dns, plan_add, result_routes
+from .result import Interface, IPConfig, Result
+from .skel import Request, valid_attachments
+
+
+def _undo(fn: Callable, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as e:  # an undo must never hide the error that triggered it
+        log.warning(f"rollback step {getattr(fn, '__name__', fn)} failed: {e}")
+
+
+def _open_pod_netns(path: str) -> tuple[Any, int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return apply.open_rtnl_in(path), fd
+    except OSError as e:
+        raise InvalidEnvironment("invalid CNI_NETNS", f"{path} is not a network namespace: {e.strerror}") from None
+
+
+class BridgePlugin:
+    def add(self, req: Request) -> Result:
+        conf = config.parse(req.config, req.args)
+        # `undo` unwinds first (rollback on error, emptied on success); `opened` always closes.
+        with contextlib.ExitStack() as opened, contextlib.ExitStack() as undo:
+            ipam = Result()
+            if conf.ipam_type:
+                ipam = ipam_client.add(conf, req)
+                undo.callback(_undo, ipam_client.delete, conf, req)
+            plan = plan_add(conf, req.container_id, req.netns, req.ifname, ipam)
+
+            pod, pod_fd = _open_pod_netns(req.netns)
+            opened.callback(os.close, pod_fd)
+            opened.callback(pod.close)
+            if apply.lookup(pod, req.ifname) is not None:
+                raise CNIError(f"container already has an interface named {req.ifname}", req.netns)
+            host = apply.open_rtnl()
+            opened.callback(host.close)
+
+            bridge = apply.ensure_bridge(host, plan)
+            apply.create_veth(host, plan, pod_fd)
+            undo.callback(_undo, apply.delete_link, host, plan.host_veth)
+            veth = apply.attach_host_veth(host, plan, bridge)
+            apply.ensure_bridge_addresses(host, bridge, plan)
+            ctr = apply.configure_container(plan, pod)
+            apply.wait_port_up(host, veth.index)
+            undo.pop_all()
+
+        out = Result(
+            interfaces=(
+                Interface(bridge.name, bridge.mac, mtu=bridge.mtu or None),
+                Interface(veth.name, veth.mac, mtu=veth.mtu or None),
+                Interface(ctr.name, ctr.mac, sandbox=req.netns, mtu=ctr.mtu or None),
+            ),
+            ips=tuple(IPConfig(ip.address, ip.gateway, interface=2) for ip in ipam.ips),
+            routes=result_routes(conf, ipam),
+            dns=final_dns(conf, ipam),
+        )
+        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}")
+        return out
+
+    def delete(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        problems: list[Exception] = []
+        if netns.exists(req.netns):
+            try:
+                apply.delete_container_link(req.netns, req.ifname)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
+                    problems.append(e)
+            except CNIError as e:
+                problems.append(e)
+        try:
+            host = apply.open_rtnl()
+            try:
+                apply.delete_link(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+            finally:
+                host.close()
+        except CNIError as e:
+            problems.append(e)
+        if conf.ipam_type:
+            try:
+                ipam_client.delete(conf, req)
+            except CNIError as e:
+                problems.append(e)
+        if problems:
+            first = problems[0]
+            if isinstance(first, CNIError):
+                raise first
+            raise CNIError("failed to delete attachment", str(first))
+        log.info(f"deleted {req.ifname}")
+
+    def check(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        prev = conf.prev_result
+        if prev is None:
+            raise InvalidConfig("Required prevResult missing", "CHECK needs the result of ADD")
+        from .check import check_attachment
+
+        check_attachment(conf, req, prev)
+        if conf.ipam_type:
+            ipam_client.check(conf, req, [ip.address.ip for ip in prev.ips])
+
+    def status(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        if conf.ipam_type:
+            ipam_client.status(conf, req)
+
+    def gc(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        valid = valid_attachments(req.config)
+        host = apply.open_rtnl()
+        try:
+            for veth, cid, ifname in apply.attachments_on_host(host, conf.name):
+                if (cid, ifname) not in valid:
+                    log.info(f"gc: removing {veth} of {cid}/{ifname}")
+                    apply.delete_link(host, veth)
+        finally:
+            host.close()
+        if conf.ipam_type:
+            ipam_client.gc(conf, req, sorted(valid))

@@ -1,0 +1,66 @@
+"""A small logger for the exec path: lines to a log file and, from warnings up, to stderr.
+
+Rule: logging never fails a CNI call; if the file cannot be written we go on without it.
+(The stdlib `logging` package is avoided on purpose: it costs import time on every pod start.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+DEFAULT_LOG_FILE = "/var/log/pycni.log"
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Logger:
+    def __init__(self) -> None:
+        self.path = os.environ.get("PYCNI_LOG_FILE", DEFAULT_LOG_FILE)
+        self.level = LEVELS["info"]
+        self.stderr = sys.stderr
+        self.context = ""
+
+    def configure(self, path: str | None = None, level: str | None = None, context: str = "") -> None:
+        if path is not None:
+            self.path = path
+        if level in LEVELS:
+            self.level = LEVELS[level]
+        if context:
+            self.context = context
+
+    def _emit(self, level: str, msg: str) -> None:
+        n = LEVELS[level]
+        if n < self.level:
+            return
+        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {level.upper()} [{os.getpid()}] "
+                f"{self.context}{msg}\n")
+        if n >= LEVELS["warning"] and self.stderr is not None:
+            try:
+                self.stderr.write(f"pycni: {msg}\n")
+            except (OSError, ValueError):
+                pass
+        if self.path:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                try:
+                    os.write(fd, line.encode(errors="replace"))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+
+    def debug(self, msg: str) -> None:
+        self._emit("debug", msg)
+
+    def info(self, msg: str) -> None:
+        self._emit("info", msg)
+
+    def warning(self, msg: str) -> None:
+        self._emit("warning", msg)
+
+    def error(self, msg: str) -> None:
+        self._emit("error", msg)
+
+
+log = Logger()

@@ -1,0 +1,60 @@
+"""`pycni-ipam`: the IPAM alone, as a standalone CNI IPAM plugin any main plugin can delegate to.
+
+Its result has no interfaces, and its ips carry no interface index (the spec's IPAM result).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cni.errors import InvalidConfig
+from cni.result import Result, parse as parse_result
+from cni.skel import Request, valid_attachments
+
+from . import config, service
+
+
+def _conf(req: Request) -> config.IPAMConfig:
+    ipam = req.config.get("ipam")
+    if not isinstance(ipam, dict):
+        raise InvalidConfig("invalid ipam", "the config has no \"ipam\" object")
+    rc = req.config.get("runtimeConfig") or {}
+    args = req.config.get("args") or {}
+    if not isinstance(rc, dict) or not isinstance(args, dict):
+        raise InvalidConfig("invalid config", "runtimeConfig and args must be objects")
+    return config.parse(ipam, req.config["name"], rc, args, req.args)
+
+
+class IPAMPlugin:
+    def add(self, req: Request) -> Result:
+        return service.add(_conf(req), req.container_id, req.ifname)
+
+    def delete(self, req: Request) -> None:
+        service.delete(_conf(req), req.container_id, req.ifname)
+
+    def check(self, req: Request) -> None:
+        prev = req.config.get("prevResult")
+        expected = [ip.address.ip for ip in parse_result(prev).ips] if prev else []
+        service.check(_conf(req), req.container_id, req.ifname, expected)
+
+    def status(self, req: Request) -> None:
+        service.status(_conf(req))
+
+    def gc(self, req: Request) -> None:
+        service.gc(_conf(req), valid_attachments(req.config))
+
+
+def main() -> int:
+    from cni import skel
+
+    if "CNI_COMMAND" not in os.environ:
+        from cni.version import SUPPORTED
+
+        sys.stderr.write(f"pycni-ipam: file-backed CNI IPAM plugin; CNI versions {', '.join(SUPPORTED)}\n")
+        return 0
+    return skel.run(IPAMPlugin, os.environ, sys.stdin.buffer, sys.stdout, about="pycni-ipam")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

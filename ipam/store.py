@@ -1,0 +1,163 @@
+"""The file store: host-local's on-disk layout, so a node can switch between the two.
+
+    <dataDir>/<network>/<ip>                   "<containerID>\\r\\n<ifname>" (old files: id only), 0600
+    <dataDir>/<network>/last_reserved_ip.<n>   round-robin cursor of range set n
+    <dataDir>/<network>/lock                   flock'ed around every operation
+
+Rule: `lock()` raises when it cannot lock (TryAgainLater after `timeout`); a reservation is an
+O_EXCL create, so two processes can never both own one address even without the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import time
+from typing import Iterator, Protocol
+
+from cni.errors import IOFailure, TryAgainLater
+
+from .config import IPAddress
+
+LOCK_NAME = "lock"
+CURSOR_PREFIX = "last_reserved_ip."
+
+
+class Store(Protocol):
+    def lock(self) -> contextlib.AbstractContextManager: ...
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool: ...
+    def last_reserved(self, set_index: int) -> IPAddress | None: ...
+    def release(self, ip: IPAddress) -> None: ...
+    def holders(self) -> dict[IPAddress, tuple[str, str]]: ...
+
+
+def _parse_holder(text: str) -> tuple[str, str]:
+    parts = text.strip().split("\r\n" if "\r\n" in text else "\n", 1)
+    cid = parts[0].strip()
+    ifname = parts[1].strip() if len(parts) > 1 else ""
+    return cid, ifname
+
+
+class DiskStore:
+    def __init__(self, network_dir: str, lock_timeout: float = 60.0):
+        self.dir = network_dir
+        self.lock_timeout = lock_timeout
+
+    def _ensure_dir(self) -> None:
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise IOFailure("cannot create IPAM data directory", f"{self.dir}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self._ensure_dir()
+        path = os.path.join(self.dir, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise IOFailure("cannot open IPAM lock", f"{path}: {e.strerror}") from None
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            delay = 0.0005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TryAgainLater(
+                            "IPAM store is busy", f"could not lock {path} in {self.lock_timeout:g}s"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.02)
+                except OSError as e:
+                    raise IOFailure("cannot lock IPAM store", f"{path}: {e.strerror}") from None
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def _path(self, ip: IPAddress) -> str:
+        return os.path.join(self.dir, str(ip))
+
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool:
+        try:
+            fd = os.open(self._path(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise IOFailure("cannot reserve address", f"{self._path(ip)}: {e.strerror}") from None
+        try:
+            os.write(fd, f"{container_id}\r\n{ifname}".encode())
+        except OSError as e:
+            os.close(fd)
+            os.unlink(self._path(ip))
+            raise IOFailure("cannot write reservation", f"{self._path(ip)}: {e.strerror}") from None
+        os.close(fd)
+        self._write_cursor(set_index, ip)
+        return True
+
+    def _write_cursor(self, set_index: int, ip: IPAddress) -> None:
+        path = os.path.join(self.dir, f"{CURSOR_PREFIX}{set_index}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, str(ip).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the cursor is only a hint for round-robin
+
+    def last_reserved(self, set_index: int) -> IPAddress | None:
+        try:
+            with open(os.path.join(self.dir, f"{CURSOR_PREFIX}{set_index}"), "rb") as f:
+                return ipaddress.ip_address(f.read(64).decode().strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def release(self, ip: IPAddress) -> None:
+        try:
+            os.unlink(self._path(ip))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise IOFailure("cannot release address", f"{self._path(ip)}: {e.strerror}") from None
+
+    def holders(self) -> dict[IPAddress, tuple[str, str]]:
+        out: dict[IPAddress, tuple[str, str]] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return out
+        except OSError as e:
+            raise IOFailure("cannot read IPAM data directory", f"{self.dir}: {e.strerror}") from None
+        for entry in entries:
+            name = entry.name
+            if name == LOCK_NAME or name.startswith(CURSOR_PREFIX) or name.startswith("."):
+                continue
+            try:
+                ip = ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    text = f.read(4096).decode(errors="replace")
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    continue
+                raise IOFailure("cannot read reservation", f"{entry.path}: {e.strerror}") from None
+            out[ip] = _parse_holder(text)
+        return out
+
+    def writable(self) -> str:
+        """'' when reservations can be written here, else why not."""
+        try:
+            self._ensure_dir()
+        except IOFailure as e:
+            return str(e)
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            return f"{self.dir} is not writable"
+        return ""

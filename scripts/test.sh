@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what it needs, then unit + integration tests.
+# Integration tests run the real executables inside throwaway network namespaces (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

@@ -1,0 +1,145 @@
+"""Throwaway namespaces for integration tests: a "node" namespace plays the host, pods beside it.
+
+Nothing here touches the machine's own network namespace: the plugin always runs under
+`ip netns exec <node>`, and every namespace is removed at teardown, pass or fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PREFIX = "pycnit-"
+BIN = Path(sys.executable).parent
+REFERENCE_DIR = Path("/usr/lib/cni")
+_counter = itertools.count()
+
+
+def sh(*cmd: str, check: bool = True, ns: str | None = None) -> str:
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    proc = subprocess.run(full, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(full)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _all_test_netns() -> list[str]:
+    return [line.split()[0] for line in sh("ip", "netns", "list").splitlines()
+            if line.startswith(PREFIX)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests need root (network namespaces)")
+        for item in items:
+            if "integration" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stale_namespaces():
+    if os.geteuid() == 0:
+        for ns in _all_test_netns():    # left behind by a killed earlier run
+            sh("ip", "netns", "del", ns, check=False)
+    yield
+    if os.geteuid() == 0:
+        for ns in _all_test_netns():
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@dataclass
+class Call:
+    rc: int
+    out: dict | None
+    stderr: str
+
+    @property
+    def code(self):
+        return (self.out or {}).get("code")
+
+
+@dataclass
+class Node:
+    """A node namespace with its own data dir, log file and pods."""
+    name: str
+    tmp: Path
+    pods: list[str] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp / "ipam"
+
+    @property
+    def log_file(self) -> Path:
+        return self.tmp / "pycni.log"
+
+    def sh(self, *cmd: str, check: bool = True) -> str:
+        return sh(*cmd, check=check, ns=self.name)
+
+    def pod(self) -> str:
+        name = f"{self.name}-p{len(self.pods)}"
+        sh("ip", "netns", "add", name)
+        self.pods.append(name)
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        return name
+
+    def run(self, exe: str | Path, command: str, conf: dict | bytes, netns: str = "", cid: str = "c1",
+            ifname: str = "eth0", args: str = "", env: dict | None = None) -> Call:
+        """Run a plugin inside the node namespace the way a runtime does: env + stdin."""
+        e = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        e.update(CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=args,
+                 CNI_PATH=f"{BIN}:{REFERENCE_DIR}",
+                 CNI_NETNS=f"/var/run/netns/{netns}" if netns and not netns.startswith("/") else netns)
+        e.update(env or {})
+        stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+        proc = subprocess.run(["ip", "netns", "exec", self.name, str(exe)], input=stdin, env=e,
+                              capture_output=True)
+        text = proc.stdout.decode()
+        assert "Traceback" not in text
+        return Call(proc.returncode, json.loads(text) if text.strip() else None, proc.stderr.decode())
+
+    def pycni(self, command: str, conf, netns: str = "", **kw) -> Call:
+        return self.run(BIN / "pycni", command, conf, netns, **kw)
+
+    def links(self) -> list[str]:
+        return [line.split(":")[1].strip().split("@")[0]
+                for line in self.sh("ip", "-o", "link", "show").splitlines()]
+
+    def reservations(self, network: str) -> list[str]:
+        d = self.data_dir / network
+        if not d.exists():
+            return []
+        return sorted(p.name for p in d.iterdir() if p.name != "lock" and not p.name.startswith("last_"))
+
+
+@pytest.fixture
+def node(tmp_path):
+    name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
+    sh("ip", "netns", "add", name)
+    n = Node(name, tmp_path)
+    try:
+        n.sh("ip", "link", "set", "lo", "up")
+        yield n
+    finally:
+        for p in n.pods:
+            sh("ip", "netns", "del", p, check=False)
+        sh("ip", "netns", "del", name, check=False)
+
+
+def netconf(node: Node, version: str = "1.0.0", name: str = "testnet", subnet: str = "10.88.0.0/24",
+            ranges: list | None = None, **extra) -> dict:
+    conf = {
+        "cniVersion": version, "name": name, "type": "pycni", "bridge": "tbr0",
+        "isGateway": True, "isDefaultGateway": True, "logFile": str(node.log_file),
+        "ipam": {"type": "pycni-ipam", "dataDir": str(node.data_dir),
+                 "ranges": ranges or [[{"subnet": subnet}]]},
+    }
+    conf.update(extra)
+    return conf

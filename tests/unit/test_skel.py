@@ -1,0 +1,152 @@
+import io
+import json
+
+import pytest
+
+from cni import skel
+from cni.errors import InvalidConfig
+from cni.result import Result
+
+BASE_ENV = {"CNI_CONTAINERID": "abc", "CNI_NETNS": "", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+
+
+class Recorder:
+    def __init__(self, raise_with=None):
+        self.calls = []
+        self.raise_with = raise_with
+
+    def __call__(self):
+        return self
+
+    def _do(self, name, req):
+        self.calls.append((name, req))
+        if self.raise_with:
+            raise self.raise_with
+        return Result()
+
+    def add(self, req):
+        return self._do("add", req)
+
+    def delete(self, req):
+        return self._do("del", req)
+
+    def check(self, req):
+        return self._do("check", req)
+
+    def status(self, req):
+        return self._do("status", req)
+
+    def gc(self, req):
+        return self._do("gc", req)
+
+
+def run(command, conf, env=None, plugin=None):
+    env = {**BASE_ENV, **(env or {}), "CNI_COMMAND": command}
+    if command in ("ADD", "CHECK") and not env.get("CNI_NETNS"):
+        env["CNI_NETNS"] = "/dev/null"  # exists; skel only checks that, the plugin enters it
+    stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    out = io.StringIO()
+    rc = skel.run(plugin or Recorder(), env, io.BytesIO(stdin), out)
+    text = out.getvalue()
+    return rc, (json.loads(text) if text.strip() else None)
+
+
+CONF = {"cniVersion": "1.1.0", "name": "net1", "type": "pycni", "logFile": ""}
+
+
+def test_version_needs_no_stdin():
+    rc, out = run("VERSION", b"")
+    assert rc == 0
+    assert out == {"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    rc, out = run("VERSION", {"cniVersion": "0.4.0"})
+    assert out["cniVersion"] == "0.4.0"
+
+
+@pytest.mark.parametrize("command, conf, env, code, words", [
+    ("BOGUS", CONF, {}, 4, "unknown CNI_COMMAND"),
+    ("ADD", b"{not json", {}, 6, "decode"),
+    ("ADD", b"[1, 2]", {}, 6, "decode"),
+    ("ADD", {"name": "n"}, {}, 1, "incompatible"),
+    ("ADD", {**CONF, "cniVersion": "0.2.0"}, {}, 1, "incompatible"),
+    ("ADD", {**CONF, "cniVersion": 3}, {}, 6, "cniVersion"),
+    ("ADD", {"cniVersion": "1.0.0"}, {}, 7, "missing network name"),
+    ("ADD", {**CONF, "name": "../etc"}, {}, 7, "invalid characters"),
+    ("ADD", CONF, {"CNI_IFNAME": "a-very-long-ifname"}, 4, "interface name"),
+    ("ADD", CONF, {"CNI_IFNAME": "eth/0"}, 4, "interface name"),
+    ("ADD", CONF, {"CNI_IFNAME": ".."}, 4, "interface name"),
+    ("ADD", CONF, {"CNI_CONTAINERID": "../../x"}, 4, "containerID"),
+    ("ADD", CONF, {"CNI_CONTAINERID": ""}, 3, "containerID"),
+    ("ADD", CONF, {"CNI_NETNS": "/no/such/netns"}, 4, "CNI_NETNS"),
+    ("ADD", CONF, {"CNI_ARGS": "FOO=1"}, 4, "IgnoreUnknown"),
+    ("ADD", CONF, {"CNI_ARGS": "FOO"}, 4, "KEY=VALUE"),
+    ("CHECK", {**CONF, "cniVersion": "0.3.1"}, {}, 1, "does not allow CHECK"),
+    ("STATUS", {**CONF, "cniVersion": "1.0.0"}, {}, 1, "does not allow STATUS"),
+    ("GC", {**CONF, "cniVersion": "0.4.0"}, {}, 1, "does not allow GC"),
+])
+def test_bad_input_is_a_cni_error(command, conf, env, code, words):
+    plugin = Recorder()
+    rc, out = run(command, conf, env, plugin)
+    assert rc != 0
+    assert out["code"] == code, out
+    assert words in out["msg"] + out.get("details", "")
+    assert set(out) <= {"cniVersion", "code", "msg", "details"}
+    assert plugin.calls == []
+
+
+def test_missing_env_names_the_variables():
+    out = io.StringIO()
+    rc = skel.run(Recorder(), {"CNI_COMMAND": "ADD"}, io.BytesIO(json.dumps(CONF).encode()), out)
+    err = json.loads(out.getvalue())
+    assert rc == 1 and err["code"] == 4
+    assert "CNI_CONTAINERID" in err["details"] and "CNI_IFNAME" in err["details"]
+
+
+def test_del_needs_no_netns():
+    plugin = Recorder()
+    env = dict(BASE_ENV)
+    del env["CNI_NETNS"]
+    rc = skel.run(plugin, {**env, "CNI_COMMAND": "DEL"}, io.BytesIO(json.dumps(CONF).encode()), io.StringIO())
+    assert rc == 0 and plugin.calls[0][0] == "del"
+
+
+def test_containerd_args_are_accepted():
+    plugin = Recorder()
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc;" \
+           "K8S_POD_UID=u-1;FOO=bar"
+    rc, _ = run("DEL", CONF, {"CNI_ARGS": args}, plugin)
+    assert rc == 0
+    assert plugin.calls[0][1].args["K8S_POD_NAME"] == "web"
+
+
+def test_unexpected_exception_is_999_json_not_a_traceback():
+    rc, out = run("DEL", CONF, plugin=Recorder(raise_with=RuntimeError("boom")))
+    assert rc == 1
+    assert out == {"cniVersion": "1.1.0", "code": 999, "msg": "internal error", "details": "RuntimeError: boom"}
+
+
+def test_plugin_error_keeps_its_code_and_config_version():
+    rc, out = run("DEL", {**CONF, "cniVersion": "0.4.0"},
+                  plugin=Recorder(raise_with=InvalidConfig("bad thing", "why")))
+    assert out == {"cniVersion": "0.4.0", "code": 7, "msg": "bad thing", "details": "why"}
+
+
+def test_add_prints_result_in_config_version():
+    rc, out = run("ADD", {**CONF, "cniVersion": "0.3.1"})
+    assert rc == 0 and out == {"cniVersion": "0.3.1", "dns": {}}
+
+
+def test_parse_cni_args():
+    assert skel.parse_cni_args("IgnoreUnknown=true;IP=10.0.0.2;X=1") == {
+        "IgnoreUnknown": "true", "IP": "10.0.0.2", "X": "1"}
+    assert skel.parse_cni_args("") == {}
+    with pytest.raises(Exception):
+        skel.parse_cni_args("A=1=2;IgnoreUnknown=1")
+
+
+def test_valid_attachments():
+    conf = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}
+    assert skel.valid_attachments(conf) == {("a", "eth0")}
+    assert skel.valid_attachments({"cni.dev/attachments": [{"containerID": "b", "ifname": "e"}]}) == {("b", "e")}
+    assert skel.valid_attachments({}) == set()
+    with pytest.raises(InvalidConfig):
+        skel.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
