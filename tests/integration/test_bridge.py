@@ -289,3 +289,36 @@ def test_delegated_ipam_error_keeps_its_code(node):
     res = node.pycni("ADD", conf, pod)
     assert res.rc != 0 and "no-such-ipam" in res.out["msg"]
     assert node.links() == ["lo"]
+
+
+def test_concurrent_adds_on_a_fresh_node(node):
+    """Pods started at once race to create the bridge and its address: all must succeed."""
+    import subprocess
+
+    conf = netconf(node, "1.0.0")
+    pods = [node.pod() for _ in range(12)]
+    procs = []
+    for i, pod in enumerate(pods):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}", "CNI_NETNS": f"/var/run/netns/{pod}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        procs.append(subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env))
+    outs = [json.loads(p.communicate(json.dumps(conf).encode())[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    addrs = [o["ips"][0]["address"] for o in outs]
+    assert len(set(addrs)) == 12
+    assert addr_of(node.name, "tbr0") == ["10.88.0.1/24"]
+    assert ping(pods[0], addrs[-1].split("/")[0])
+
+
+def test_vlan_is_applied_or_clearly_unsupported(node):
+    pod = node.pod()
+    res = node.pycni("ADD", netconf(node, vlan=100), pod)
+    if res.rc == 0:
+        veth = names.host_veth_name("testnet", "c1", "eth0")
+        assert '"vlan": 100' in node.sh("bridge", "-j", "-p", "vlan", "show", "dev", veth) or \
+            "100" in node.sh("bridge", "vlan", "show", "dev", veth)
+    else:   # kernels without CONFIG_BRIDGE_VLAN_FILTERING (this CI's) say so, and leak nothing
+        assert res.code == 2 and "VLAN filtering" in res.out["details"]
+        assert node.reservations("testnet") == []
+        assert not [link for link in node.links() if link.startswith("veth")]
