@@ -36,6 +36,13 @@ def _open_pod_netns(path: str) -> tuple[Any, int]:
         raise InvalidEnvironment("invalid CNI_NETNS", f"{path} is not a network namespace: {e.strerror}") from None
 
 
+def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
+    from .firewall import FirewallSpec
+
+    return FirewallSpec(conf.name, req.container_id, req.ifname, tuple(pod_ips), conf.port_mappings,
+                        conf.ip_masq, conf.firewall)
+
+
 class BridgePlugin:
     def add(self, req: Request) -> Result:
         conf = config.parse(req.config, req.args)
@@ -62,6 +69,14 @@ class BridgePlugin:
             apply.ensure_bridge_addresses(host, bridge, plan)
             ctr = apply.configure_container(plan, pod)
             apply.wait_port_up(host, veth.index)
+            if conf.wants_firewall:
+                spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
+                from . import firewall
+
+                undo.callback(_undo, firewall.teardown, spec)
+                firewall.setup(spec)
+                if conf.port_mappings and conf.firewall.snat and spec.ips(4):
+                    firewall.enable_route_localnet(conf.bridge)
             undo.pop_all()
 
         out = Result(
@@ -80,9 +95,11 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)
         problems: list[Exception] = []
+        pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
         if netns.exists(req.netns):
             try:
-                apply.delete_container_link(req.netns, req.ifname)
+                addrs = apply.delete_container_link(req.netns, req.ifname)
+                pod_ips = pod_ips or [a for a in addrs if not a.ip.is_link_local]
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
                     problems.append(e)
@@ -96,6 +113,13 @@ class BridgePlugin:
                 host.close()
         except CNIError as e:
             problems.append(e)
+        if conf.wants_firewall:
+            from . import firewall
+
+            try:
+                firewall.teardown(firewall_spec(conf, req, pod_ips))
+            except CNIError as e:
+                problems.append(e)
         if conf.ipam_type:
             try:
                 ipam_client.delete(conf, req)
@@ -116,6 +140,10 @@ class BridgePlugin:
         from .check import check_attachment
 
         check_attachment(conf, req, prev)
+        if conf.wants_firewall:
+            from . import firewall
+
+            firewall.check(firewall_spec(conf, req, [ip.address for ip in prev.ips]))
         if conf.ipam_type:
             ipam_client.check(conf, req, [ip.address.ip for ip in prev.ips])
 
@@ -135,5 +163,8 @@ class BridgePlugin:
                     apply.delete_link(host, veth)
         finally:
             host.close()
+        from . import firewall
+
+        firewall.gc(conf.name, valid)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))

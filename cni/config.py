@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import names, result
+from .portmap import FirewallOptions, PortMapping, parse_mappings, parse_options
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .result import DNS, Result
 
@@ -40,6 +41,12 @@ class NetConf:
     prev_result: Result | None = None
     runtime_config: Mapping[str, Any] = field(default_factory=dict)
     args: Mapping[str, Any] = field(default_factory=dict)
+    port_mappings: tuple[PortMapping, ...] = ()
+    firewall: FirewallOptions = FirewallOptions()
+
+    @property
+    def wants_firewall(self) -> bool:
+        return self.ip_masq or bool(self.port_mappings)
 
     @property
     def ipam_type(self) -> str:
@@ -161,4 +168,6 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         prev_result=parse_prev_result(conf),
         runtime_config=runtime_config,
         args=args,
+        port_mappings=parse_mappings(runtime_config.get("portMappings")),
+        firewall=parse_options(conf),
     )

@@ -1,0 +1,140 @@
+"""Masquerade and port-mapping rules of one attachment, on nftables or on legacy iptables.
+
+    FirewallSpec (pure data)  ->  backend.setup / teardown / check / gc
+    nftables: cni.firewall.nft       one `nft -f -` transaction per call, table `inet pycni`
+    iptables: cni.firewall.iptables  python-iptables (libiptc), our own PYCNI-* chains
+
+Rule: the backend is chosen once per call (`choose`); teardown and GC look in both, since a pod may
+have been set up under the other. python-iptables is imported only on the iptables path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from typing import Iterable
+
+from .. import names
+from ..portmap import FirewallOptions, PortMapping
+from ..result import IPInterface
+
+NFT = "nftables"
+IPT = "iptables"
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    network: str
+    container_id: str
+    ifname: str
+    pod_ips: tuple[IPInterface, ...] = ()
+    mappings: tuple[PortMapping, ...] = ()
+    masquerade: bool = False
+    options: FirewallOptions = FirewallOptions()
+
+    @property
+    def tag(self) -> str:
+        """Written as the comment of every rule of this attachment."""
+        return f"pycni {self.network}/{self.container_id}/{self.ifname}"[:120]
+
+    @property
+    def net_hash(self) -> str:
+        return network_hash(self.network)
+
+    @property
+    def att_hash(self) -> str:
+        return names.attachment_hash(self.network, self.container_id, self.ifname)[:16]
+
+    def ips(self, family: int) -> list[IPInterface]:
+        return [a for a in self.pod_ips if a.version == family]
+
+    @property
+    def wants_rules(self) -> bool:
+        return bool(self.pod_ips) and (self.masquerade or bool(self.mappings))
+
+
+def network_hash(network: str) -> str:
+    return hashlib.sha256(network.encode()).hexdigest()[:8]
+
+
+def legacy_tables(family: int = 4) -> set[str]:
+    """Tables registered in legacy x_tables in this namespace (empty on a pure nftables node)."""
+    path = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
+    try:
+        with open(path) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def choose(options: FirewallOptions) -> str:
+    if options.backend in (NFT, IPT):
+        return options.backend
+    if "nat" in legacy_tables(4) or "nat" in legacy_tables(6):
+        return IPT        # something on this node (kube-proxy, docker) uses legacy iptables NAT
+    return NFT if shutil.which("nft") else IPT
+
+
+def _backend(name: str):
+    if name == NFT:
+        from . import nft
+
+        return nft
+    from . import iptables
+
+    return iptables
+
+
+def setup(spec: FirewallSpec) -> str:
+    """Install the attachment's rules; returns the backend used."""
+    name = choose(spec.options)
+    _backend(name).setup(spec)
+    if any(m.protocol == "udp" for m in spec.mappings):
+        from ..conntrack import flush_udp_ports
+
+        flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
+    return name
+
+
+def _present_backends() -> list[str]:
+    present = []
+    if shutil.which("nft"):
+        present.append(NFT)
+    if legacy_tables(4) or legacy_tables(6):
+        present.append(IPT)
+    return present
+
+
+def teardown(spec: FirewallSpec) -> None:
+    """Remove the attachment's rules from every backend that may hold them."""
+    errors = []
+    for name in _present_backends():
+        try:
+            _backend(name).teardown(spec)
+        except Exception as e:   # keep going: the other backend may still hold rules
+            errors.append(e)
+    if spec.mappings and any(m.protocol == "udp" for m in spec.mappings):
+        from ..conntrack import flush_udp_ports
+
+        flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
+    if errors:
+        raise errors[0]
+
+
+def check(spec: FirewallSpec) -> None:
+    name = choose(spec.options)
+    _backend(name).check(spec)
+
+
+def gc(network: str, valid: Iterable[tuple[str, str]]) -> None:
+    valid_hashes = {names.attachment_hash(network, c, i)[:16] for c, i in valid}
+    for name in _present_backends():
+        _backend(name).gc(network, valid_hashes)
+
+
+def enable_route_localnet(bridge: str) -> None:
+    """127.0.0.1:hostPort -> pod needs route_localnet on the interface towards the pods."""
+    from .. import sysctl
+
+    sysctl.write(sysctl.iface_key(4, bridge, "route_localnet"), "1")

@@ -1,0 +1,85 @@
+"""`pycni-portmap`: port mapping as a chained plugin, a drop-in for the reference `portmap`.
+
+It runs after any interface plugin (ours or the reference `bridge`) and reads the container's
+addresses from `prevResult`; it passes `prevResult` on unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from . import firewall
+from .config import parse_prev_result
+from .errors import InvalidConfig
+from .portmap import parse_mappings, parse_options
+from .result import Result
+from .skel import Request, valid_attachments
+
+
+def _pod_ips(prev: Result, req: Request) -> tuple:
+    """The addresses on the sandbox interface CNI_IFNAME (all of them if indices are missing)."""
+    mine = {i for i, iface in enumerate(prev.interfaces) if iface.name == req.ifname and iface.sandbox}
+    return tuple(ip.address for ip in prev.ips if ip.interface is None or ip.interface in mine)
+
+
+def _spec(req: Request, prev: Result | None) -> firewall.FirewallSpec:
+    rc = req.config.get("runtimeConfig") or {}
+    if not isinstance(rc, dict):
+        raise InvalidConfig("invalid runtimeConfig", "must be an object")
+    return firewall.FirewallSpec(
+        network=req.config["name"], container_id=req.container_id, ifname=req.ifname,
+        pod_ips=_pod_ips(prev, req) if prev else (),
+        mappings=parse_mappings(rc.get("portMappings")),
+        masquerade=False, options=parse_options(req.config))
+
+
+class PortmapPlugin:
+    def add(self, req: Request) -> Result:
+        prev = parse_prev_result(req.config)
+        if prev is None:
+            raise InvalidConfig("must be called as a chained plugin", "prevResult is missing")
+        spec = _spec(req, prev)
+        if spec.mappings and spec.pod_ips:
+            firewall.setup(spec)
+            if spec.options.snat and spec.ips(4):
+                for iface in prev.interfaces:
+                    if not iface.sandbox:
+                        try:
+                            firewall.enable_route_localnet(iface.name)
+                        except OSError:
+                            pass
+        return prev
+
+    def delete(self, req: Request) -> None:
+        spec = _spec(req, parse_prev_result(req.config))
+        if spec.mappings or spec.pod_ips:
+            firewall.teardown(spec)
+
+    def check(self, req: Request) -> None:
+        prev = parse_prev_result(req.config)
+        if prev is None:
+            raise InvalidConfig("Required prevResult missing", "CHECK needs the result of ADD")
+        spec = _spec(req, prev)
+        if spec.mappings and spec.pod_ips:
+            firewall.check(spec)
+
+    def status(self, req: Request) -> None:
+        parse_options(req.config)
+
+    def gc(self, req: Request) -> None:
+        firewall.gc(req.config["name"], valid_attachments(req.config))
+
+
+def main() -> int:
+    if "CNI_COMMAND" not in os.environ:
+        sys.stderr.write("pycni-portmap: port mapping CNI plugin (chained); see pycni --help\n")
+        return 0
+    from . import skel
+
+    return skel.run(PortmapPlugin, os.environ, sys.stdin.buffer, sys.stdout, about="pycni-portmap")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Port mapping and masquerade with real traffic, for each firewall backend.
+
+Topology (all throwaway namespaces): client ns (192.0.2.1, 2001:db8::1) -- veth -- node ns
+(192.0.2.2 and 192.0.2.3, 2001:db8::2) running pycni, pods on the node's bridge with servers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import BIN, REFERENCE_DIR, netconf, sh
+
+APP = str(Path(__file__).with_name("netapp.py"))
+BACKENDS = ["nftables"]
+
+
+class World:
+    def __init__(self, node, backend):
+        self.node, self.backend = node, backend
+        self.client = node.pod()            # a namespace beside the node, not on its bridge
+        self.servers: list[subprocess.Popen] = []
+        for ns in (node.name, self.client):   # no DAD on the test links: usable at once
+            sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
+        sh("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "client0", ns=node.name)
+        sh("ip", "link", "set", "client0", "netns", self.client, ns=node.name)
+        for cmd in (["ip", "addr", "add", "192.0.2.2/24", "dev", "uplink"],
+                    ["ip", "addr", "add", "192.0.2.3/24", "dev", "uplink"],
+                    ["ip", "-6", "addr", "add", "2001:db8::2/64", "dev", "uplink", "nodad"],
+                    ["ip", "link", "set", "uplink", "up"]):
+            sh(*cmd, ns=node.name)
+        for cmd in (["ip", "addr", "add", "192.0.2.1/24", "dev", "client0"],
+                    ["ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "client0", "nodad"],
+                    ["ip", "link", "set", "client0", "up"]):
+            sh(*cmd, ns=self.client)
+
+    def conf(self, **extra):
+        c = netconf(self.node, "1.0.0", hairpinMode=True, backend=self.backend,
+                    ranges=[[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd88::/64"}]], **extra)
+        c["capabilities"] = {"portMappings": True}
+        return c
+
+    def add_pod(self, cid, mappings, **extra):
+        pod = self.node.pod()
+        conf = {**self.conf(**extra), "runtimeConfig": {"portMappings": mappings}}
+        res = self.node.pycni("ADD", conf, pod, cid=cid)
+        assert res.rc == 0, res.out
+        proc = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", cid, "80"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        self.servers.append(proc)
+        return pod, conf, res.out
+
+    def ask(self, ns, kind, addr, port, src_port=0):
+        args = [sys.executable, APP, kind, addr, str(port)] + ([str(src_port)] if src_port else [])
+        return sh(*args, ns=ns, check=False).strip()
+
+    def close(self):
+        for p in self.servers:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(params=BACKENDS)
+def world(node, request):
+    w = World(node, request.param)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def test_hostport_from_outside_node_localhost_and_hairpin(world):
+    pod, conf, res = world.add_pod("web", [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "192.0.2.2"},
+        {"hostPort": 5353, "containerPort": 80, "protocol": "udp"}])
+    n = world.node.name
+    # from another host: DNAT keeps the client's address
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8080) == "web 192.0.2.1"
+    assert world.ask(world.client, "tcp", "2001:db8::2", 8080) == "web 2001:db8::1"
+    assert world.ask(world.client, "udp", "192.0.2.2", 5353) == "web 192.0.2.1"
+    # hostIP: only that address answers
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8081) == "web 192.0.2.1"
+    assert world.ask(world.client, "tcp", "192.0.2.3", 8081) == ""
+    assert world.ask(world.client, "tcp", "192.0.2.3", 8080) == "web 192.0.2.1"
+    # from the node itself: its own address and 127.0.0.1
+    assert world.ask(n, "tcp", "192.0.2.2", 8080).startswith("web ")
+    assert world.ask(n, "tcp", "127.0.0.1", 8080).startswith("web ")
+    # hairpin: the pod reaches itself through the node address, masqueraded
+    assert world.ask(pod, "tcp", "192.0.2.2", 8080) == "web 10.88.0.1"
+    # transit traffic is not hijacked: only addresses of the node are DNATed
+    assert world.ask(pod, "tcp", "192.0.2.1", 8080) == ""
+    chk = world.node.pycni("CHECK", {**conf, "prevResult": res}, pod, cid="web")
+    assert chk.rc == 0, chk.out
+
+
+def test_masquerade_outside_but_not_inside_pod_network(world):
+    client_srv = subprocess.Popen(["ip", "netns", "exec", world.client, sys.executable, APP, "serve",
+                                   "outside", "9000"], stdout=subprocess.PIPE, text=True)
+    world.servers.append(client_srv)
+    assert client_srv.stdout.readline().strip() == "ready"
+    a, _, _ = world.add_pod("a", [], ipMasq=True)
+    b, _, res_b = world.add_pod("b", [], ipMasq=True)
+    assert world.ask(a, "tcp", "192.0.2.1", 9000) == "outside 192.0.2.2"
+    assert world.ask(a, "tcp", "2001:db8::1", 9000) == "outside 2001:db8::2"
+    b_ip = res_b["ips"][0]["address"].split("/")[0]
+    assert world.ask(a, "tcp", b_ip, 80) == "b 10.88.0.2"   # pod to pod keeps the pod address
+
+
+def test_udp_goes_to_the_new_pod_after_replacement(world):
+    mapping = [{"hostPort": 5353, "containerPort": 80, "protocol": "udp"}]
+    old, conf, _ = world.add_pod("old", mapping)
+    assert world.ask(world.client, "udp", "192.0.2.2", 5353, src_port=40000) == "old 192.0.2.1"
+    assert world.node.pycni("DEL", {**conf, "runtimeConfig": {"portMappings": mapping}}, old, cid="old").rc == 0
+    world.add_pod("new", mapping)
+    assert world.ask(world.client, "udp", "192.0.2.2", 5353, src_port=40000) == "new 192.0.2.1"
+
+
+def test_del_removes_exactly_that_containers_rules(world):
+    mapping = lambda port: [{"hostPort": port, "containerPort": 80}]  # noqa: E731
+    a, conf_a, res_a = world.add_pod("a", mapping(8080), ipMasq=True)
+    b, conf_b, _ = world.add_pod("b", mapping(8090), ipMasq=True)
+    before = dump_rules(world)
+    assert "a" in comments(before) and "b" in comments(before)
+    dele = world.node.pycni("DEL", {**conf_a, "runtimeConfig": {"portMappings": mapping(8080)},
+                                    "prevResult": res_a}, a, cid="a")
+    assert dele.rc == 0, dele.out
+    after = dump_rules(world)
+    assert "a" not in comments(after) and "b" in comments(after)
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8080) == ""
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8090) == "b 192.0.2.1"
+    # DEL without any hint of the rules (no prevResult, no mappings) still finds them
+    dele = world.node.pycni("DEL", {**conf_b}, b, cid="b")
+    assert dele.rc == 0
+    assert comments(dump_rules(world)) == set()
+
+
+def dump_rules(world) -> str:
+    n = world.node.name
+    if world.backend == "nftables":
+        return sh("nft", "list", "ruleset", ns=n)
+    return sh("iptables-legacy-save", ns=n) + sh("ip6tables-legacy-save", ns=n)
+
+
+def comments(text: str) -> set[str]:
+    """Container ids named by pycni rule comments."""
+    out = set()
+    for part in text.split("pycni testnet/")[1:]:
+        out.add(part.split("/")[0])
+    return out
+
+
+@pytest.mark.skipif(not (REFERENCE_DIR / "bridge").exists(), reason="reference plugins not installed")
+def test_pycni_portmap_chained_after_reference_bridge(node):
+    w = World(node, "nftables")
+    try:
+        pod = node.pod()
+        plugin = netconf(node, "1.0.0", hairpinMode=True)
+        plugin.update(type="bridge")
+        plugin["ipam"]["type"] = "host-local"
+        listfile = node.tmp / "chain.conflist"
+        del plugin["cniVersion"], plugin["name"]
+        listfile.write_text(json.dumps({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
+            plugin, {"type": "pycni-portmap", "capabilities": {"portMappings": True}}]}))
+        run = ["ip", "netns", "exec", node.name, str(BIN / "pycni"), "exec"]
+        opts = ["--cni-path", f"{BIN}:{REFERENCE_DIR}", "--cache-dir", str(node.tmp / "cache"),
+                "--container-id", "chained"]
+        rc = json.dumps({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]})
+        add = subprocess.run(run + ["add", str(listfile), f"/var/run/netns/{pod}", "--runtime-config", rc] + opts,
+                             capture_output=True, text=True)
+        assert add.returncode == 0, add.stdout + add.stderr
+        srv = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", "chained", "80"],
+                               stdout=subprocess.PIPE, text=True)
+        w.servers.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+        assert w.ask(w.client, "tcp", "192.0.2.2", 8080) == "chained 192.0.2.1"
+        chk = subprocess.run(run + ["check", str(listfile), f"/var/run/netns/{pod}"] + opts,
+                             capture_output=True, text=True)
+        assert chk.returncode == 0, chk.stdout
+        dele = subprocess.run(run + ["del", str(listfile), f"/var/run/netns/{pod}"] + opts,
+                              capture_output=True, text=True)
+        assert dele.returncode == 0, dele.stdout
+        assert "dn-" not in sh("nft", "list", "ruleset", ns=node.name)
+    finally:
+        w.close()
