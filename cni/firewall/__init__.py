@@ -128,9 +128,10 @@ def check(spec: FirewallSpec) -> None:
 
 
 def gc(network: str, valid: Iterable[tuple[str, str]]) -> None:
-    valid_hashes = {names.attachment_hash(network, c, i)[:16] for c, i in valid}
+    """Remove the rules of this network's attachments that are not in `valid`."""
+    hashes = {names.attachment_hash(network, c, i) for c, i in valid}
     for name in _present_backends():
-        _backend(name).gc(network, valid_hashes)
+        _backend(name).gc(network, hashes)
 
 
 def enable_route_localnet(bridge: str) -> None:

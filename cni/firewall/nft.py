@@ -248,8 +248,10 @@ def check(spec: FirewallSpec) -> None:
 
 
 def gc(network: str, valid_hashes: set[str]) -> None:
+    """`valid_hashes`: full attachment hashes of the attachments to keep."""
     from . import network_hash
 
+    valid_hashes = {h[:16] for h in valid_hashes}
     listing = _listing()
     if listing is None:
         return

@@ -16,7 +16,7 @@ import pytest
 from .conftest import BIN, REFERENCE_DIR, netconf, sh
 
 APP = str(Path(__file__).with_name("netapp.py"))
-BACKENDS = ["nftables"]
+BACKENDS = ["nftables", "iptables"]
 
 
 class World:
@@ -186,5 +186,76 @@ def test_pycni_portmap_chained_after_reference_bridge(node):
                               capture_output=True, text=True)
         assert dele.returncode == 0, dele.stdout
         assert "dn-" not in sh("nft", "list", "ruleset", ns=node.name)
+    finally:
+        w.close()
+
+
+def test_concurrent_adds_keep_every_rule(world):
+    """Parallel ADDs each commit a whole table (iptables) or a transaction (nftables): none may lose
+    another's rules."""
+    pods = [world.node.pod() for _ in range(8)]
+    procs = []
+    for i, pod in enumerate(pods):
+        conf = {**world.conf(ipMasq=True), "runtimeConfig": {"portMappings": [
+            {"hostPort": 9000 + i, "containerPort": 80}]}}
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"p{i}", "CNI_NETNS": f"/var/run/netns/{pod}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        p = subprocess.Popen(["ip", "netns", "exec", world.node.name, str(BIN / "pycni")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        p.stdin.write(json.dumps(conf).encode())
+        p.stdin.close()
+        procs.append(p)
+    outs = [p.stdout.read() for p in procs]
+    assert all(p.wait() == 0 for p in procs), outs
+    assert comments(dump_rules(world)) == {f"p{i}" for i in range(8)}
+    for i, pod in enumerate(pods):
+        srv = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", f"p{i}", "80"],
+                               stdout=subprocess.PIPE, text=True)
+        world.servers.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+    assert [world.ask(world.client, "tcp", "192.0.2.2", 9000 + i) for i in range(8)] == \
+        [f"p{i} 192.0.2.1" for i in range(8)]
+
+
+def test_auto_backend_follows_the_node(node):
+    w = World(node, "auto")
+    try:
+        pod = node.pod()
+        mapping = [{"hostPort": 8080, "containerPort": 80}]
+        conf = {**w.conf(), "runtimeConfig": {"portMappings": mapping}}
+        add = node.run(BIN / "pycni", "ADD", conf, pod, cid="auto1",
+                       env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert add.rc == 0, add.out
+        assert "dn-" in sh("nft", "list", "ruleset", ns=node.name)   # a pure nftables node
+        assert "import time:" in add.stderr and " iptc" not in add.stderr   # python-iptables never imported
+        # a node whose kube-proxy lives in legacy iptables
+        sh("iptables-legacy", "-t", "nat", "-N", "KUBE-SERVICES", ns=node.name)
+        pod2 = node.pod()
+        assert node.pycni("ADD", {**conf}, pod2, cid="auto2").rc == 0
+        assert "pycni testnet/auto2/eth0" in sh("iptables-legacy-save", "-t", "nat", ns=node.name)
+        # teardown looks in both: DEL with the backend forced the other way still cleans up
+        for cid, p in (("auto1", pod), ("auto2", pod2)):
+            forced = {**conf, "backend": "iptables" if cid == "auto1" else "nftables"}
+            assert node.pycni("DEL", forced, p, cid=cid).rc == 0
+        assert "pycni testnet" not in sh("nft", "list", "ruleset", ns=node.name)
+        assert "pycni testnet" not in sh("iptables-legacy-save", ns=node.name)
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gc_removes_rules_of_invalid_attachments(node, backend):
+    w = World(node, backend)
+    try:
+        for cid in ("keep", "drop"):
+            pod = node.pod()
+            conf = {**w.conf(ipMasq=True, cniVersion="1.1.0"),
+                    "runtimeConfig": {"portMappings": [{"hostPort": 8080 if cid == "keep" else 8081,
+                                                        "containerPort": 80}]}}
+            assert node.pycni("ADD", conf, pod, cid=cid).rc == 0
+        gc = node.pycni("GC", {**w.conf(cniVersion="1.1.0"),
+                               "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+        assert gc.rc == 0, gc.out
+        assert comments(dump_rules(w)) == {"keep"}
     finally:
         w.close()
