@@ -1,20 +1,21 @@
 """nftables backend: table `inet pycni`, one `nft -f -` transaction per call.
 
-Layout (the dispatch is by verdict maps, so the work per ADD does not grow with the pods):
+The rules are fixed; what changes per pod are elements of data maps and sets, so an ADD is a few
+`add element` lines whose cost does not grow with the pods on the node (no per-pod chains, no
+verdict maps: either makes nft load and loop-check the whole table on every call).
 
-    prerouting / output (nat, dstnat):  fib daddr type local jump hostports
-    hostports: ip daddr . l4proto . dport vmap @hostports_ip4   (mappings with a hostIP)
-               ip6 daddr . l4proto . dport vmap @hostports_ip6
-               l4proto . dport vmap @hostports_any
-    postrouting (nat, srcnat):  ct mark & MARK == MARK masquerade   (hairpin, localhost)
-                                ip saddr vmap @masq4 ; ip6 saddr vmap @masq6   (ipMasq)
-    dn-<net>-<attachment>: the attachment's DNAT rules (and the hairpin/localhost mark)
-    ms-<net>-<attachment>: return for the pod network and multicast, else masquerade
+    prerouting, output (nat, dstnat):  fib daddr type local jump hostports
+    hostports:  mark (ct mark | M) hairpin/localhost sources for keys in @snat_*, and any source
+                for keys in @masqall_*; then
+                dnat ip  to ip daddr . l4proto . dport map @hostip4    (mappings with a hostIP)
+                dnat ip  to l4proto . dport map @hostports4
+                dnat ip6 to ... @hostip6, @hostports6
+    postrouting (nat, srcnat):  ct mark & M == M masquerade
+                ip saddr @masq4 ip daddr != @podnets4 ip daddr != 224.0.0.0/4 masquerade  (+ IPv6)
 
-Every rule of an attachment carries its tag as comment; map elements point at its chains.
-Rule: render_* are pure (golden-tested); only `_nft` runs anything. An element is deleted with
-"add (ours) + delete" in one transaction, which fails instead of removing another container's
-element (an address or host port reused): then we read the table and delete exactly ours.
+Every element carries the attachment's tag as comment ("<net hash>-<attachment hash> pycni
+net/id/ifname"): DEL, CHECK and GC find exactly an attachment's elements by it.
+Rule: render_* are pure (golden-tested); only `_nft` runs anything.
 """
 
 from __future__ import annotations
@@ -22,135 +23,140 @@ from __future__ import annotations
 import json
 import subprocess
 
-from ..errors import CNIError
+from ..errors import CNIError, UnsupportedField
 from ..log import log
 from . import FirewallSpec
 
 TABLE = "inet pycni"
-MAPS = {
-    "hostports_any": "inet_proto . inet_service",
-    "hostports_ip4": "ipv4_addr . inet_proto . inet_service",
-    "hostports_ip6": "ipv6_addr . inet_proto . inet_service",
-    "masq4": "ipv4_addr",
-    "masq6": "ipv6_addr",
+VERSION = 1
+SETS = {   # name: declaration
+    "podnets4": "type ipv4_addr; flags interval; auto-merge;",
+    "podnets6": "type ipv6_addr; flags interval; auto-merge;",
+    "hairpin_src4": "type ipv4_addr; flags interval; auto-merge;",
+    "hairpin_src6": "type ipv6_addr; flags interval; auto-merge;",
+    "masq4": "type ipv4_addr;",
+    "masq6": "type ipv6_addr;",
+    "snat_any": "type inet_proto . inet_service;",
+    "snat_ip4": "type ipv4_addr . inet_proto . inet_service;",
+    "snat_ip6": "type ipv6_addr . inet_proto . inet_service;",
+    "masqall_any": "type inet_proto . inet_service;",
+    "masqall_ip4": "type ipv4_addr . inet_proto . inet_service;",
+    "masqall_ip6": "type ipv6_addr . inet_proto . inet_service;",
 }
+MAPS = {
+    "hostports4": "type inet_proto . inet_service : ipv4_addr . inet_service;",
+    "hostports6": "type inet_proto . inet_service : ipv6_addr . inet_service;",
+    "hostip4": "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
+    "hostip6": "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service;",
+}
+SHARED = ("podnets4", "podnets6", "hairpin_src4", "hairpin_src6")   # elements shared by attachments
 
 
-def chains(spec: FirewallSpec) -> tuple[str, str]:
-    return f"dn-{spec.net_hash}-{spec.att_hash}", f"ms-{spec.net_hash}-{spec.att_hash}"
+def marker(mark: int) -> str:
+    """A set whose existence says: base rules of this version with this mark are in place."""
+    return f"base_v{VERSION}_{mark:x}"
+
+
+def tag(spec: FirewallSpec) -> str:
+    return f"{spec.net_hash}-{spec.att_hash} {spec.tag}"[:127]
 
 
 def render_base(mark: int) -> list[str]:
-    t = TABLE
-    out = [f"add table {t}"]
-    out += [f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
-            f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
-            f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
-            f"add chain {t} hostports"]
-    out += [f"add map {t} {name} {{ type {typ} : verdict; }}" for name, typ in MAPS.items()]
-    out += [f"flush chain {t} prerouting",
+    t, m = TABLE, f"{mark:#x}"
+    out = [f"add table {t}",
+           f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
+           f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
+           f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+           f"add chain {t} hostports"]
+    out += [f"add set {t} {name} {{ {decl} }}" for name, decl in SETS.items()]
+    out += [f"add map {t} {name} {{ {decl} }}" for name, decl in MAPS.items()]
+    out += [f"add set {t} {marker(mark)} {{ type inet_service; }}",
+            f"add element {t} hairpin_src4 {{ 127.0.0.0/8 }}",
+            f"flush chain {t} prerouting",
             f"add rule {t} prerouting fib daddr type local jump hostports",
             f"flush chain {t} output",
             f"add rule {t} output fib daddr type local jump hostports",
-            f"flush chain {t} hostports",
-            f"add rule {t} hostports ip daddr . meta l4proto . th dport vmap @hostports_ip4",
-            f"add rule {t} hostports ip6 daddr . meta l4proto . th dport vmap @hostports_ip6",
-            f"add rule {t} hostports meta l4proto . th dport vmap @hostports_any",
-            f"flush chain {t} postrouting",
-            f"add rule {t} postrouting ct mark & {mark:#x} == {mark:#x} masquerade",
-            f"add rule {t} postrouting ip saddr vmap @masq4",
-            f"add rule {t} postrouting ip6 saddr vmap @masq6"]
+            f"flush chain {t} hostports"]
+    mark_stmt = f"ct mark set ct mark | {m}"
+    for fam, kw in ((4, "ip"), (6, "ip6")):
+        out += [f"add rule {t} hostports {kw} saddr @hairpin_src{fam} meta l4proto . th dport @snat_any {mark_stmt}",
+                f"add rule {t} hostports {kw} saddr @hairpin_src{fam} {kw} daddr . meta l4proto . th dport "
+                f"@snat_ip{fam} {mark_stmt}",
+                f"add rule {t} hostports meta nfproto ipv{fam} meta l4proto . th dport @masqall_any {mark_stmt}",
+                f"add rule {t} hostports {kw} daddr . meta l4proto . th dport @masqall_ip{fam} {mark_stmt}"]
+    for fam, kw in ((4, "ip"), (6, "ip6")):
+        out += [f"add rule {t} hostports dnat {kw} to {kw} daddr . meta l4proto . th dport map @hostip{fam}",
+                f"add rule {t} hostports meta nfproto ipv{fam} dnat {kw} to meta l4proto . th dport map "
+                f"@hostports{fam}"]
+    out += [f"flush chain {t} postrouting",
+            f"add rule {t} postrouting ct mark & {m} == {m} masquerade",
+            f"add rule {t} postrouting ip saddr @masq4 ip daddr != @podnets4 ip daddr != 224.0.0.0/4 masquerade",
+            f"add rule {t} postrouting ip6 saddr @masq6 ip6 daddr != @podnets6 ip6 daddr != ff00::/8 masquerade"]
     return out
 
 
-def _hostport_elements(spec: FirewallSpec) -> list[tuple[str, str]]:
-    """(map, key) of every hostPort element of the attachment."""
-    keys: dict[tuple[str, str], None] = {}
-    families = {a.version for a in spec.pod_ips}
-    for m in spec.mappings:
-        if m.host_ip is None:
-            if families:
-                keys[("hostports_any", f"{m.protocol} . {m.host_port}")] = None
-        elif m.host_ip.version in families:
-            keys[(f"hostports_ip{m.host_ip.version}", f"{m.host_ip} . {m.protocol} . {m.host_port}")] = None
-    return list(keys)
-
-
-def _masq_elements(spec: FirewallSpec) -> list[tuple[str, str]]:
-    if not spec.masquerade:
-        return []
-    return [(f"masq{a.version}", str(a.ip)) for a in spec.pod_ips]
-
-
-def render_dnat_rules(spec: FirewallSpec, chain: str) -> list[str]:
-    t, tag, o = TABLE, json.dumps(spec.tag), spec.options
-    out = []
-    for fam, ipkw, lo in ((4, "ip", "127.0.0.0/8"), (6, "ip6", None)):
+def elements(spec: FirewallSpec) -> list[tuple[str, str, str]]:
+    """(set or map, key, data or '') of every element of the attachment; pure."""
+    o = spec.options
+    if o.conditions_v4 or o.conditions_v6:
+        raise UnsupportedField("unsupported with the nftables backend: conditionsV4/conditionsV6",
+                               "set \"backend\": \"iptables\" to use match conditions")
+    out: list[tuple[str, str, str]] = []
+    for fam in (4, 6):
         pods = spec.ips(fam)
-        maps = [m for m in spec.mappings if m.applies_to(fam)]
-        if not pods or not maps:
+        if not pods:
             continue
-        cond = " ".join(o.conditions_v4 if fam == 4 else o.conditions_v6)
-        cond = f"{cond} " if cond else ""
-        if o.masq_all:
-            out.append(f"add rule {t} {chain} {cond}meta nfproto ipv{fam} ct mark set ct mark | {o.mark:#x} "
-                       f"comment {tag}")
-        elif o.snat:
-            sources = sorted({str(a.network) for a in pods}) + ([lo] if lo else [])
-            out.append(f"add rule {t} {chain} {cond}{ipkw} saddr {{ {', '.join(sources)} }} "
-                       f"ct mark set ct mark | {o.mark:#x} comment {tag}")
         pod = pods[0].ip
-        to = f"{pod}:" if fam == 4 else f"[{pod}]:"
-        for m in maps:
-            daddr = f"{ipkw} daddr {m.host_ip} " if m.host_ip is not None else f"meta nfproto ipv{fam} "
-            out.append(f"add rule {t} {chain} {cond}{daddr}{m.protocol} dport {m.host_port} "
-                       f"dnat {ipkw} to {to}{m.container_port} comment {tag}")
-    return out
+        for m in spec.mappings:
+            if not m.applies_to(fam):
+                continue
+            key = f"{m.protocol} . {m.host_port}"
+            if m.host_ip is None:
+                out.append((f"hostports{fam}", key, f"{pod} . {m.container_port}"))
+                kind = "any"
+            else:
+                key = f"{m.host_ip} . {key}"
+                out.append((f"hostip{fam}", key, f"{pod} . {m.container_port}"))
+                kind = f"ip{fam}"
+            if o.masq_all:
+                out.append((f"masqall_{kind}", key, ""))
+            elif o.snat:
+                out.append((f"snat_{kind}", key, ""))
+        if spec.mappings and (o.snat or o.masq_all):
+            out += [(f"hairpin_src{fam}", str(a.network), "") for a in pods]
+        if spec.masquerade:
+            out += [(f"masq{fam}", str(a.ip), "") for a in pods]
+            out += [(f"podnets{fam}", str(a.network), "") for a in pods]
+    return list(dict.fromkeys(out))
 
 
-def render_masq_rules(spec: FirewallSpec, chain: str) -> list[str]:
-    t, tag = TABLE, json.dumps(spec.tag)
-    out = []
-    for a in spec.pod_ips:
-        kw, mcast = ("ip", "224.0.0.0/4") if a.version == 4 else ("ip6", "ff00::/8")
-        out.append(f"add rule {t} {chain} {kw} daddr {a.network} return comment {tag}")
-        out.append(f"add rule {t} {chain} {kw} daddr {mcast} return comment {tag}")
-    out.append(f"add rule {t} {chain} masquerade comment {tag}")
-    return out
+def _element(name: str, key: str, data: str, comment: str | None) -> str:
+    c = f" comment {json.dumps(comment)}" if comment and name not in SHARED else ""
+    return f"{{ {key}{c}{' : ' + data if data else ''} }}"
 
 
 def render_add(spec: FirewallSpec) -> str:
-    t = TABLE
-    dn, ms = chains(spec)
-    out = render_base(spec.options.mark)
-    hostports, masq = _hostport_elements(spec), _masq_elements(spec)
-    if hostports:
-        out += [f"add chain {t} {dn}", f"flush chain {t} {dn}"] + render_dnat_rules(spec, dn)
-        out += [f"add element {t} {m} {{ {k} : goto {dn} }}" for m, k in hostports]
-    if masq:
-        out += [f"add chain {t} {ms}", f"flush chain {t} {ms}"] + render_masq_rules(spec, ms)
-        out += [f"add element {t} {m} {{ {k} : goto {ms} }}" for m, k in masq]
+    """The fast path: elements only, behind a check that the base of this version and mark exists."""
+    t, c = TABLE, tag(spec)
+    out = [f"add element {t} {marker(spec.options.mark)} {{ 0 }}"]
+    out += [f"add element {t} {name} {_element(name, k, d, c)}" for name, k, d in elements(spec)]
     return "\n".join(out) + "\n"
 
 
 def render_delete(spec: FirewallSpec) -> str:
-    """Delete what `render_add` made, from what the spec says; fails rather than touch others'."""
-    t = TABLE
+    """Delete the attachment's elements; a map element is first re-added with our data, so the
+    transaction fails (instead of deleting) if another attachment now owns that key."""
+    t, c = TABLE, tag(spec)
     out = []
-    for chain, elements in zip(chains(spec), (_hostport_elements(spec), _masq_elements(spec))):
-        out.append(f"add chain {t} {chain}")
-        for m, k in elements:
-            out += [f"add element {t} {m} {{ {k} : goto {chain} }}", f"delete element {t} {m} {{ {k} }}"]
-        out += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
+    for name, k, d in elements(spec):
+        if name in SHARED:
+            continue      # pod networks stay: other pods of the network use them
+        out += [f"add element {t} {name} {_element(name, k, d, c)}", f"delete element {t} {name} {{ {k} }}"]
     return "\n".join(out) + "\n"
 
 
-def render_delete_found(found_elements: list[tuple[str, str]], found_chains: list[str]) -> str:
-    t = TABLE
-    out = [f"delete element {t} {m} {{ {k} }}" for m, k in found_elements]
-    for c in found_chains:
-        out += [f"flush chain {t} {c}", f"delete chain {t} {c}"]
-    return "\n".join(out) + "\n"
+def render_delete_found(found: list[tuple[str, str]]) -> str:
+    return "".join(f"delete element {TABLE} {name} {{ {key} }}\n" for name, key in found)
 
 
 # ---------------------------------------------------------------- running nft
@@ -172,31 +178,32 @@ def _listing() -> list[dict] | None:
     return json.loads(proc.stdout).get("nftables", [])
 
 
-def _key_text(key) -> str:
-    if isinstance(key, dict) and "concat" in key:
-        return " . ".join(str(k) for k in key["concat"])
-    return str(key)
+def _text(value) -> str:
+    if isinstance(value, dict):
+        if "concat" in value:
+            return " . ".join(_text(v) for v in value["concat"])
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "range" in value:
+            return "-".join(_text(v) for v in value["range"])
+    return str(value)
 
 
-def _target(verdict) -> str:
-    if isinstance(verdict, dict):
-        for kind in ("goto", "jump"):
-            if kind in verdict:
-                return verdict[kind].get("target", "")
-    return ""
-
-
-def find_objects(listing: list[dict], wanted_chain) -> tuple[list[tuple[str, str]], list[str]]:
-    """Elements pointing at, and chains named by, `wanted_chain(name) -> bool`."""
-    elements, found = [], []
+def tagged_elements(listing: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(set or map, key, data, comment) of every element of our sets and maps in a listing."""
+    out = []
     for obj in listing:
-        if "map" in obj and obj["map"].get("name") in MAPS:
-            for elem in obj["map"].get("elem") or []:
-                if isinstance(elem, list) and len(elem) == 2 and wanted_chain(_target(elem[1])):
-                    elements.append((obj["map"]["name"], _key_text(elem[0])))
-        elif "chain" in obj and wanted_chain(obj["chain"].get("name", "")):
-            found.append(obj["chain"]["name"])
-    return elements, found
+        kind = "map" if "map" in obj else "set" if "set" in obj else None
+        if kind is None or obj[kind].get("name") not in {**SETS, **MAPS}:
+            continue
+        for elem in obj[kind].get("elem") or []:
+            key, data = (elem if isinstance(elem, list) else (elem, None))
+            comment = ""
+            if isinstance(key, dict) and "elem" in key:
+                comment = key["elem"].get("comment", "")
+                key = key["elem"]["val"]
+            out.append((obj[kind]["name"], _text(key), _text(data) if data is not None else "", comment))
+    return out
 
 
 def setup(spec: FirewallSpec) -> None:
@@ -204,63 +211,53 @@ def setup(spec: FirewallSpec) -> None:
     proc = _nft(script, check=False)
     if proc.returncode == 0:
         return
-    # A key held by an attachment that is gone (its DEL never ran): the last writer wins, as in
-    # the reference plugin. Read the table, drop the conflicting elements, try once more.
-    log.warning(f"nftables: replacing stale elements ({proc.stderr.decode(errors='replace').strip()[:200]})")
-    listing = _listing() or []
-    ours = set(_hostport_elements(spec) + _masq_elements(spec))
-    stale = []
-    for obj in listing:
-        if "map" in obj:
-            for elem in obj["map"].get("elem") or []:
-                key = (obj["map"]["name"], _key_text(elem[0]))
-                if key in ours:
-                    stale.append(key)
-    _nft(render_delete_found(stale, []) + script)
+    err = proc.stderr.decode(errors="replace")
+    if "No such file" in err:           # first pod on the node, or an older base: lay the base first
+        _nft("\n".join(render_base(spec.options.mark)) + "\n" + script)
+        return
+    # A key held by an attachment that is gone (its DEL never ran): the last writer wins, as with
+    # the reference plugin. Drop the conflicting elements and try once more.
+    log.warning(f"nftables: replacing stale elements ({err.strip()[:200]})")
+    mine = {(name, key) for name, key, data in elements(spec) if data}
+    stale = [(n, k) for n, k, _, _ in tagged_elements(_listing() or []) if (n, k) in mine]
+    _nft(render_delete_found(stale) + script)
 
 
 def teardown(spec: FirewallSpec) -> None:
-    knows_keys = bool(spec.pod_ips) and bool(spec.mappings or spec.masquerade)
-    if knows_keys and _nft(render_delete(spec), check=False).returncode == 0:
-        return
-    listing = _listing()
+    if spec.pod_ips and (spec.mappings or spec.masquerade):
+        script = render_delete(spec)
+        if not script.strip() or _nft(script, check=False).returncode == 0:
+            return
+    listing = _listing()          # unknown or changed rules: find ours by their comment
     if listing is None:
-        return          # no table: nothing of ours here
-    mine = set(chains(spec))
-    elements, found = find_objects(listing, lambda name: name in mine)
-    if elements or found:
-        _nft(render_delete_found(elements, found))
+        return
+    prefix = f"{spec.net_hash}-{spec.att_hash} "
+    found = [(n, k) for n, k, _, c in tagged_elements(listing) if c.startswith(prefix)]
+    if found:
+        _nft(render_delete_found(found))
 
 
 def check(spec: FirewallSpec) -> None:
     listing = _listing()
     if listing is None:
         raise CNIError("CHECK failed: nftables table missing", TABLE)
-    dn, ms = chains(spec)
-    elements, found = find_objects(listing, lambda name: name in (dn, ms))
-    have = set(elements)
-    for chain, wanted in ((dn, _hostport_elements(spec)), (ms, _masq_elements(spec))):
-        if wanted and chain not in found:
-            raise CNIError("CHECK failed: firewall chain missing", f"nftables chain {chain}")
-        missing = [f"{m} {{ {k} }}" for m, k in wanted if (m, k) not in have]
-        if missing:
-            raise CNIError("CHECK failed: firewall rule missing", f"nftables elements {', '.join(missing)}")
+    have = {(n, k, d) for n, k, d, _ in tagged_elements(listing)}
+    missing = [f"{n} {{ {k}{' : ' + d if d else ''} }}" for n, k, d in elements(spec) if (n, k, d) not in have]
+    if missing:
+        raise CNIError("CHECK failed: firewall rule missing", "nftables elements " + ", ".join(missing))
 
 
 def gc(network: str, valid_hashes: set[str]) -> None:
     """`valid_hashes`: full attachment hashes of the attachments to keep."""
     from . import network_hash
 
-    valid_hashes = {h[:16] for h in valid_hashes}
     listing = _listing()
     if listing is None:
         return
-    prefixes = (f"dn-{network_hash(network)}-", f"ms-{network_hash(network)}-")
-
-    def stale(name: str) -> bool:
-        return name.startswith(prefixes) and name[len(prefixes[0]):] not in valid_hashes
-
-    elements, found = find_objects(listing, stale)
-    if elements or found:
-        log.info(f"gc: removing nftables chains {found}")
-        _nft(render_delete_found(elements, found))
+    net = network_hash(network) + "-"
+    keep = {net + h[:16] for h in valid_hashes}
+    stale = [(n, k) for n, k, _, c in tagged_elements(listing)
+             if c.startswith(net) and c.split(" ", 1)[0] not in keep]
+    if stale:
+        log.info(f"gc: removing {len(stale)} nftables elements of network {network}")
+        _nft(render_delete_found(stale))

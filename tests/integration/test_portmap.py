@@ -185,7 +185,7 @@ def test_pycni_portmap_chained_after_reference_bridge(node):
         dele = subprocess.run(run + ["del", str(listfile), f"/var/run/netns/{pod}"] + opts,
                               capture_output=True, text=True)
         assert dele.returncode == 0, dele.stdout
-        assert "dn-" not in sh("nft", "list", "ruleset", ns=node.name)
+        assert "pycni testnet" not in sh("nft", "list", "ruleset", ns=node.name)
     finally:
         w.close()
 
@@ -226,7 +226,7 @@ def test_auto_backend_follows_the_node(node):
         add = node.run(BIN / "pycni", "ADD", conf, pod, cid="auto1",
                        env={"PYTHONPROFILEIMPORTTIME": "1"})
         assert add.rc == 0, add.out
-        assert "dn-" in sh("nft", "list", "ruleset", ns=node.name)   # a pure nftables node
+        assert "pycni testnet/auto1" in sh("nft", "list", "ruleset", ns=node.name)   # a pure nftables node
         assert "import time:" in add.stderr and " iptc" not in add.stderr   # python-iptables never imported
         # a node whose kube-proxy lives in legacy iptables
         sh("iptables-legacy", "-t", "nat", "-N", "KUBE-SERVICES", ns=node.name)

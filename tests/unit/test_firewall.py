@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from cni import firewall
-from cni.errors import InvalidConfig
+from cni.errors import InvalidConfig, UnsupportedField
 from cni.firewall import FirewallSpec, iptables, nft
 from cni.portmap import FirewallOptions, PortMapping, parse_mappings, parse_options
 
@@ -18,83 +18,73 @@ SPEC = FirewallSpec(
     mappings=(PortMapping(8080, 80, "tcp"), PortMapping(5353, 53, "udp", ipaddress.ip_address("192.0.2.2"))),
     masquerade=True,
 )
-DN, MS = nft.chains(SPEC)
-TAG = '"pycni net1/c1/eth0"'
+TAG = f'"{SPEC.net_hash}-{SPEC.att_hash} pycni net1/c1/eth0"'
 
 
-def test_nft_attachment_golden():
-    script = nft.render_add(SPEC)
-    base = "\n".join(nft.render_base(0x2000)) + "\n"
-    assert script.startswith(base)
-    assert script[len(base):] == f"""\
-add chain inet pycni {DN}
-flush chain inet pycni {DN}
-add rule inet pycni {DN} ip saddr {{ 10.88.0.0/24, 127.0.0.0/8 }} ct mark set ct mark | 0x2000 comment {TAG}
-add rule inet pycni {DN} meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.2:80 comment {TAG}
-add rule inet pycni {DN} ip daddr 192.0.2.2 udp dport 5353 dnat ip to 10.88.0.2:53 comment {TAG}
-add rule inet pycni {DN} ip6 saddr {{ fd88::/64 }} ct mark set ct mark | 0x2000 comment {TAG}
-add rule inet pycni {DN} meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd88::2]:80 comment {TAG}
-add element inet pycni hostports_any {{ tcp . 8080 : goto {DN} }}
-add element inet pycni hostports_ip4 {{ 192.0.2.2 . udp . 5353 : goto {DN} }}
-add chain inet pycni {MS}
-flush chain inet pycni {MS}
-add rule inet pycni {MS} ip daddr 10.88.0.0/24 return comment {TAG}
-add rule inet pycni {MS} ip daddr 224.0.0.0/4 return comment {TAG}
-add rule inet pycni {MS} ip6 daddr fd88::/64 return comment {TAG}
-add rule inet pycni {MS} ip6 daddr ff00::/8 return comment {TAG}
-add rule inet pycni {MS} masquerade comment {TAG}
-add element inet pycni masq4 {{ 10.88.0.2 : goto {MS} }}
-add element inet pycni masq6 {{ fd88::2 : goto {MS} }}
+def test_nft_add_is_elements_only_golden():
+    assert nft.render_add(SPEC) == f"""\
+add element inet pycni base_v1_2000 {{ 0 }}
+add element inet pycni hostports4 {{ tcp . 8080 comment {TAG} : 10.88.0.2 . 80 }}
+add element inet pycni snat_any {{ tcp . 8080 comment {TAG} }}
+add element inet pycni hostip4 {{ 192.0.2.2 . udp . 5353 comment {TAG} : 10.88.0.2 . 53 }}
+add element inet pycni snat_ip4 {{ 192.0.2.2 . udp . 5353 comment {TAG} }}
+add element inet pycni hairpin_src4 {{ 10.88.0.0/24 }}
+add element inet pycni masq4 {{ 10.88.0.2 comment {TAG} }}
+add element inet pycni podnets4 {{ 10.88.0.0/24 }}
+add element inet pycni hostports6 {{ tcp . 8080 comment {TAG} : fd88::2 . 80 }}
+add element inet pycni hairpin_src6 {{ fd88::/64 }}
+add element inet pycni masq6 {{ fd88::2 comment {TAG} }}
+add element inet pycni podnets6 {{ fd88::/64 }}
 """
 
 
 def test_nft_base_golden():
-    assert nft.render_base(0x4000)[-3:] == [
+    base = nft.render_base(0x4000)
+    assert "add rule inet pycni prerouting fib daddr type local jump hostports" in base
+    assert base[-4:] == [
+        "flush chain inet pycni postrouting",
         "add rule inet pycni postrouting ct mark & 0x4000 == 0x4000 masquerade",
-        "add rule inet pycni postrouting ip saddr vmap @masq4",
-        "add rule inet pycni postrouting ip6 saddr vmap @masq6",
+        "add rule inet pycni postrouting ip saddr @masq4 ip daddr != @podnets4 ip daddr != 224.0.0.0/4 masquerade",
+        "add rule inet pycni postrouting ip6 saddr @masq6 ip6 daddr != @podnets6 ip6 daddr != ff00::/8 masquerade",
     ]
+    assert "add rule inet pycni hostports ip saddr @hairpin_src4 meta l4proto . th dport @snat_any " \
+           "ct mark set ct mark | 0x4000" in base
+    assert "add rule inet pycni hostports dnat ip to ip daddr . meta l4proto . th dport map @hostip4" in base
 
 
-def test_nft_delete_only_removes_its_own_elements():
-    assert nft.render_delete(SPEC) == f"""\
-add chain inet pycni {DN}
-add element inet pycni hostports_any {{ tcp . 8080 : goto {DN} }}
-delete element inet pycni hostports_any {{ tcp . 8080 }}
-add element inet pycni hostports_ip4 {{ 192.0.2.2 . udp . 5353 : goto {DN} }}
-delete element inet pycni hostports_ip4 {{ 192.0.2.2 . udp . 5353 }}
-flush chain inet pycni {DN}
-delete chain inet pycni {DN}
-add chain inet pycni {MS}
-add element inet pycni masq4 {{ 10.88.0.2 : goto {MS} }}
-delete element inet pycni masq4 {{ 10.88.0.2 }}
-add element inet pycni masq6 {{ fd88::2 : goto {MS} }}
-delete element inet pycni masq6 {{ fd88::2 }}
-flush chain inet pycni {MS}
-delete chain inet pycni {MS}
-"""
+def test_nft_delete_guards_map_elements_and_keeps_shared_ones():
+    script = nft.render_delete(SPEC)
+    assert script.splitlines()[:4] == [
+        f"add element inet pycni hostports4 {{ tcp . 8080 comment {TAG} : 10.88.0.2 . 80 }}",
+        "delete element inet pycni hostports4 { tcp . 8080 }",
+        f"add element inet pycni snat_any {{ tcp . 8080 comment {TAG} }}",
+        "delete element inet pycni snat_any { tcp . 8080 }",
+    ]
+    assert "podnets4" not in script and "hairpin_src4" not in script
 
 
-def test_nft_find_objects_in_listing():
+def test_nft_tagged_elements_from_listing():
     listing = [
-        {"map": {"name": "hostports_any", "elem": [[{"concat": ["tcp", 8080]}, {"goto": {"target": DN}}],
-                                                   [{"concat": ["tcp", 9090]}, {"goto": {"target": "dn-x"}}]]}},
-        {"map": {"name": "masq4", "elem": [["10.88.0.2", {"goto": {"target": MS}}]]}},
-        {"chain": {"name": DN}}, {"chain": {"name": "dn-x"}}, {"chain": {"name": MS}},
+        {"map": {"name": "hostports4", "elem": [
+            [{"elem": {"val": {"concat": ["tcp", 8080]}, "comment": "aa-bb pycni n/c/e"}}, {"concat": ["10.0.0.2", 80]}]]}},
+        {"set": {"name": "podnets4", "elem": [{"prefix": {"addr": "10.88.0.0", "len": 24}}]}},
+        {"set": {"name": "masq4", "elem": [{"elem": {"val": "10.0.0.2", "comment": "aa-bb x"}}]}},
+        {"set": {"name": "foreign", "elem": ["1.2.3.4"]}},
     ]
-    elements, chains = nft.find_objects(listing, lambda n: n in (DN, MS))
-    assert elements == [("hostports_any", "tcp . 8080"), ("masq4", "10.88.0.2")]
-    assert chains == [DN, MS]
+    assert nft.tagged_elements(listing) == [
+        ("hostports4", "tcp . 8080", "10.0.0.2 . 80", "aa-bb pycni n/c/e"),
+        ("podnets4", "10.88.0.0/24", "", ""),
+        ("masq4", "10.0.0.2", "", "aa-bb x"),
+    ]
 
 
 def test_nft_masq_all_and_conditions():
     spec = FirewallSpec("net1", "c1", "eth0", (IP("10.88.0.2/24"),), (PortMapping(80, 8080),), False,
-                        FirewallOptions(masq_all=True, conditions_v4=("iifname", "eth1")))
-    rules = nft.render_dnat_rules(spec, "dn")
-    assert rules == [
-        f"add rule inet pycni dn iifname eth1 meta nfproto ipv4 ct mark set ct mark | 0x2000 comment {TAG}",
-        f"add rule inet pycni dn iifname eth1 meta nfproto ipv4 tcp dport 80 dnat ip to 10.88.0.2:8080 comment {TAG}",
-    ]
+                        FirewallOptions(masq_all=True))
+    assert [e[0] for e in nft.elements(spec)] == ["hostports4", "masqall_any", "hairpin_src4"]
+    with pytest.raises(UnsupportedField):
+        nft.elements(FirewallSpec("net1", "c1", "eth0", (IP("10.88.0.2/24"),), (PortMapping(80, 8080),), False,
+                                  FirewallOptions(conditions_v4=("iifname", "eth1"))))
 
 
 def test_iptables_rules_golden():
@@ -158,7 +148,7 @@ def test_backend_choice(monkeypatch):
     assert firewall.choose(FirewallOptions(backend="nftables")) == "nftables"
 
 
-def test_nft_path_does_not_import_python_iptables():
+def test_nft_path_does_not_import_python_iptables():  # the real check runs the executable
     for mod in ("cni.firewall", "cni.firewall.nft"):
         __import__(mod)
     assert "iptc" not in sys.modules
