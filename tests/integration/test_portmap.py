@@ -78,6 +78,7 @@ def test_hostport_from_outside_node_localhost_and_hairpin(world):
     pod, conf, res = world.add_pod("web", [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
         {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "192.0.2.2"},
+        {"hostPort": 8082, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8::2"},
         {"hostPort": 5353, "containerPort": 80, "protocol": "udp"}])
     n = world.node.name
     # from another host: DNAT keeps the client's address
@@ -88,6 +89,8 @@ def test_hostport_from_outside_node_localhost_and_hairpin(world):
     assert world.ask(world.client, "tcp", "192.0.2.2", 8081) == "web 192.0.2.1"
     assert world.ask(world.client, "tcp", "192.0.2.3", 8081) == ""
     assert world.ask(world.client, "tcp", "192.0.2.3", 8080) == "web 192.0.2.1"
+    assert world.ask(world.client, "tcp", "2001:db8::2", 8082) == "web 2001:db8::1"
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8082) == ""      # a v6 hostIP: not on v4
     # from the node itself: its own address and 127.0.0.1
     assert world.ask(n, "tcp", "192.0.2.2", 8080).startswith("web ")
     assert world.ask(n, "tcp", "127.0.0.1", 8080).startswith("web ")
