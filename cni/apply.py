@@ -2,7 +2,8 @@
 
 Rule: no decisions here, only idempotent steps: EEXIST is fine when the thing is what we want,
 ENOENT/ENODEV on removal is success. Every netlink failure leaves as a CNIError naming the step.
-pyroute2 is imported on first use, so commands that never touch links never pay for it.
+Netlink goes through `cni.rtnl` (pyroute2's message classes on a plain socket), imported on
+first use, so commands that never touch links never pay for it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ IFA_F_NODAD = 0x02
 
 
 def open_rtnl() -> Any:
-    from pyroute2.iproute.linux import IPRoute
+    from .rtnl import Rtnl
 
-    return IPRoute()
+    return Rtnl()
 
 
 def open_rtnl_in(path: str) -> Any:
@@ -59,12 +60,9 @@ def link_kind(msg: Any) -> str:
 def lookup(ipr: Any, ifname: str) -> Any | None:
     """The link message of `ifname`, or None."""
     try:
-        links = ipr.get_links(ifname=ifname)
+        return ipr.link_by_name(ifname)
     except Exception as e:
-        if _errno(e) in (errno.ENODEV, errno.ENOENT):
-            return None
         raise failed(f"look up link {ifname}", e) from None
-    return links[0] if links else None
 
 
 def _family(addr: IPInterface) -> int:
@@ -73,7 +71,7 @@ def _family(addr: IPInterface) -> int:
 
 def addresses_of(ipr: Any, index: int) -> list[IPInterface]:
     out = []
-    for msg in ipr.get_addr(index=index):
+    for msg in ipr.addresses(index):
         local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if local:
             out.append(ipaddress.ip_interface(f"{local}/{msg['prefixlen']}"))
@@ -99,11 +97,8 @@ def _info(msg: Any) -> LinkInfo:
 def ensure_bridge(ipr: Any, plan: Plan) -> LinkInfo:
     msg = lookup(ipr, plan.bridge)
     if msg is None:
-        spec: dict[str, Any] = {"ifname": plan.bridge, "kind": "bridge"}
-        if plan.mtu:
-            spec["mtu"] = plan.mtu
         try:
-            ipr.link("add", **spec)
+            ipr.create_bridge(plan.bridge, plan.mtu)
         except Exception as e:
             if _errno(e) != errno.EEXIST:  # a concurrent ADD made it first
                 raise failed(f"create bridge {plan.bridge}", e) from None
@@ -112,7 +107,7 @@ def ensure_bridge(ipr: Any, plan: Plan) -> LinkInfo:
             raise CNIError(f"bridge {plan.bridge} vanished while being set up")
         # Pin the MAC: otherwise the bridge takes the lowest port MAC and changes as pods come and go.
         try:
-            ipr.link("set", index=msg["index"], address=attr(msg, "IFLA_ADDRESS"))
+            ipr.set_link(msg["index"], address=attr(msg, "IFLA_ADDRESS"))
             sysctl.write(sysctl.iface_key(6, plan.bridge, "accept_ra"), "0")
         except Exception as e:
             raise failed(f"configure bridge {plan.bridge}", e) from None
@@ -124,9 +119,9 @@ def ensure_bridge(ipr: Any, plan: Plan) -> LinkInfo:
     IFF_UP, IFF_PROMISC = 0x1, 0x100
     try:
         if plan.promisc and not flags & IFF_PROMISC:
-            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
+            ipr.set_link(index, promisc=True)
         if not flags & IFF_UP:
-            ipr.link("set", index=index, state="up")
+            ipr.set_link(index, up=True)
     except Exception as e:
         raise failed(f"bring up bridge {plan.bridge}", e) from None
     return _info(msg)
@@ -149,14 +144,14 @@ def ensure_bridge_addresses(ipr: Any, bridge: LinkInfo, plan: Plan) -> None:
                 raise CNIError(f"{plan.bridge} already has an IP address different from {want}",
                                f"it has {old}; set forceAddress to replace it")
             try:
-                ipr.addr("del", index=bridge.index, address=str(old.ip), prefixlen=old.network.prefixlen)
+                ipr.del_address(bridge.index, str(old.ip), old.network.prefixlen)
             except Exception as e:
                 if _errno(e) not in (errno.EADDRNOTAVAIL, errno.ENOENT):
                     raise failed(f"remove {old} from {plan.bridge}", e) from None
         try:
             # no DAD for the gateway: it is ours, and a tentative gateway blackholes the first pods
-            extra = {"IFA_FLAGS": IFA_F_NODAD} if want.version == 6 else {}
-            ipr.addr("add", index=bridge.index, address=str(want.ip), prefixlen=want.network.prefixlen, **extra)
+            ipr.add_address(bridge.index, str(want.ip), want.network.prefixlen,
+                            IFA_F_NODAD if want.version == 6 else 0)
         except Exception as e:
             if _errno(e) != errno.EEXIST:  # a concurrent ADD put it there first
                 raise failed(f"add {want} to {plan.bridge}", e) from None
@@ -168,14 +163,8 @@ def ensure_bridge_addresses(ipr: Any, bridge: LinkInfo, plan: Plan) -> None:
 
 
 def create_veth(ipr: Any, plan: Plan, netns_fd: int) -> None:
-    peer: dict[str, Any] = {"ifname": plan.ifname, "net_ns_fd": netns_fd}
-    spec: dict[str, Any] = {"ifname": plan.host_veth, "kind": "veth", "peer": peer}
-    if plan.mtu:
-        spec["mtu"] = peer["mtu"] = plan.mtu
-    if plan.mac:
-        peer["address"] = plan.mac
     try:
-        ipr.link("add", **spec)
+        ipr.create_veth(plan.host_veth, plan.ifname, netns_fd, plan.mtu, plan.mac)
     except Exception as e:
         if _errno(e) == errno.EEXIST:
             raise CNIError("failed to create veth pair",
@@ -190,12 +179,12 @@ def attach_host_veth(ipr: Any, plan: Plan, bridge: LinkInfo) -> LinkInfo:
         raise CNIError(f"host veth {plan.host_veth} vanished after creation")
     index = msg["index"]
     try:
-        ipr.link("set", index=index, master=bridge.index, ifalias=plan.host_alias)
+        ipr.set_link(index, master=bridge.index, alias=plan.host_alias)
         if plan.hairpin:
-            ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
+            ipr.set_hairpin(index)
         if plan.vlan:
-            _set_vlan(ipr, plan, bridge, index)
-        ipr.link("set", index=index, state="up")
+            _set_vlan(plan, bridge, index)
+        ipr.set_link(index, up=True)
     except CNIError:
         raise
     except Exception as e:
@@ -204,7 +193,11 @@ def attach_host_veth(ipr: Any, plan: Plan, bridge: LinkInfo) -> LinkInfo:
     return _info(msg)
 
 
-def _set_vlan(ipr: Any, plan: Plan, bridge: LinkInfo, index: int) -> None:
+def _set_vlan(plan: Plan, bridge: LinkInfo, index: int) -> None:
+    """VLAN filtering is rare: it goes through pyroute2's full IPRoute, imported only here."""
+    from pyroute2.iproute.linux import IPRoute
+
+    ipr = IPRoute()
     try:
         ipr.link("set", index=bridge.index, kind="bridge", br_vlan_filtering=1)
         ipr.vlan_filter("del", index=index, vlan_info={"vid": 1})
@@ -214,6 +207,8 @@ def _set_vlan(ipr: Any, plan: Plan, bridge: LinkInfo, index: int) -> None:
             raise UnsupportedField("unsupported field: vlan",
                                    f"vlan={plan.vlan}: this kernel has no bridge VLAN filtering") from None
         raise
+    finally:
+        ipr.close()
 
 
 # ---------------------------------------------------------------- container side
@@ -237,11 +232,11 @@ def configure_container(plan: Plan, ipr: Any) -> LinkInfo:
     index = msg["index"]
     for a in plan.addresses:
         try:
-            ipr.addr("add", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
+            ipr.add_address(index, str(a.ip), a.network.prefixlen)
         except Exception as e:
             raise failed(f"add address {a} to {plan.ifname}", e) from None
     try:
-        ipr.link("set", index=index, state="up")
+        ipr.set_link(index, up=True)
     except Exception as e:
         raise failed(f"bring up {plan.ifname}", e) from None
     for r in plan.routes:
@@ -252,25 +247,11 @@ def configure_container(plan: Plan, ipr: Any) -> LinkInfo:
 
 
 def add_route(ipr: Any, index: int, r: Route) -> None:
-    spec: dict[str, Any] = {"dst": str(r.dst), "oif": index,
-                            "family": socket.AF_INET if r.dst.version == 4 else socket.AF_INET6}
-    if r.gw is not None:
-        spec["gateway"] = str(r.gw)
-    if r.priority is not None:
-        spec["priority"] = r.priority
-    if r.table is not None:
-        spec["table"] = r.table
-    if r.scope is not None:
-        spec["scope"] = r.scope
-    metrics = {}
-    if r.mtu:
-        metrics["mtu"] = r.mtu
-    if r.advmss:
-        metrics["advmss"] = r.advmss
-    if metrics:
-        spec["metrics"] = metrics
     try:
-        ipr.route("add", **spec)
+        ipr.add_route(socket.AF_INET if r.dst.version == 4 else socket.AF_INET6,
+                      str(r.dst.network_address), r.dst.prefixlen, index,
+                      gateway=str(r.gw) if r.gw is not None else None, priority=r.priority,
+                      table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss)
     except Exception as e:
         if _errno(e) != errno.EEXIST:
             raise failed(f"add route {r.dst} via {r.gw}", e) from None
@@ -280,7 +261,7 @@ def settle_addresses(ipr: Any, index: int, timeout: float = 5.0) -> None:
     """With DAD kept on, wait until no IPv6 address is tentative (as the reference does)."""
     deadline = time.monotonic() + timeout
     while True:
-        flags = [attr(m, "IFA_FLAGS", m["flags"]) for m in ipr.get_addr(index=index, family=socket.AF_INET6)]
+        flags = [attr(m, "IFA_FLAGS", m["flags"]) for m in ipr.addresses(index, socket.AF_INET6)]
         if any(f & IFA_F_DADFAILED for f in flags):
             raise CNIError("IPv6 duplicate address detection failed")
         if not any(f & IFA_F_TENTATIVE for f in flags):
@@ -294,8 +275,8 @@ def wait_port_up(ipr: Any, index: int, timeout: float = 2.0) -> None:
     """The bridge port must be up (carrier) before traffic flows; usually it is at once."""
     delay, deadline = 0.005, time.monotonic() + timeout
     while True:
-        links = ipr.get_links(index)
-        if links and attr(links[0], "IFLA_OPERSTATE", "") in ("UP", "UNKNOWN"):
+        link = ipr.link_by_index(index)
+        if link is not None and attr(link, "IFLA_OPERSTATE", "") in ("UP", "UNKNOWN"):
             return
         if time.monotonic() > deadline:
             raise CNIError("bridge port in error state", f"link {index} is not up after {timeout}s")
@@ -312,7 +293,7 @@ def delete_link(ipr: Any, ifname: str) -> bool:
     if msg is None:
         return False
     try:
-        ipr.link("del", index=msg["index"])
+        ipr.delete_link(msg["index"])
     except Exception as e:
         if _errno(e) in (errno.ENODEV, errno.ENOENT):
             return False
@@ -338,7 +319,7 @@ def delete_container_link(path: str, ifname: str) -> list[IPInterface]:
 def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str, str]]:
     """(host veth, container id, ifname) of every host veth this network made."""
     out = []
-    for msg in ipr.get_links():
+    for msg in ipr.links():
         alias = msg.get_attr("IFLA_IFALIAS")
         parsed = names.parse_attachment_alias(alias) if alias else None
         if parsed and parsed[0] == network:
@@ -357,7 +338,7 @@ def container_state(path: str, ifname: str) -> tuple[Any, list[IPInterface], lis
         msg = lookup(ipr, ifname)
         if msg is None:
             return None
-        routes = list(ipr.get_routes(family=socket.AF_INET)) + list(ipr.get_routes(family=socket.AF_INET6))
+        routes = ipr.routes(socket.AF_INET) + ipr.routes(socket.AF_INET6)
         return msg, addresses_of(ipr, msg["index"]), routes
     finally:
         ipr.close()
