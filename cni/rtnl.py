@@ -29,6 +29,7 @@ RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 _HDR = struct.Struct("IHHII")
 
 
@@ -70,6 +71,10 @@ class Rtnl:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.sock.bind((0, 0))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:   # let the kernel filter dumps (addresses of one link), instead of dumping every link's
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass
         self.seq = 0
 
     def close(self) -> None:
@@ -204,8 +209,9 @@ class Rtnl:
         self._addr(RTM_DELADDR, index, address, prefixlen)
 
     def addresses(self, index: int, family: int = 0) -> list:
-        msgs = self._request(ifaddrmsg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, {"family": family}, [])
-        return [m for m in msgs if m["index"] == index]
+        msgs = self._request(ifaddrmsg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
+                             {"family": family, "index": index}, [])
+        return [m for m in msgs if m["index"] == index]   # (older kernels ignore the filter)
 
     # ------------------------------------------------------------ routes
 

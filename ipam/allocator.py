@@ -75,7 +75,7 @@ def _matches(holder: tuple[str, str], container_id: str, ifname: str) -> bool:
 
 def allocate(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[IPConfig]:
     """One address per range set, for (container_id, ifname). All or nothing."""
-    held = find(store, container_id, ifname)
+    held = store.held_by(container_id, ifname)
     if held:
         raise CNIError(
             "duplicate allocation",
@@ -104,13 +104,15 @@ def allocate(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> 
         for c in got:
             store.release(c.address.ip)
         raise
+    store.remember(container_id, ifname, [c.address.ip for c in got])
     return got
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
-    ips = find(store, container_id, ifname)
+    ips = find(store, container_id, ifname)      # every file: host-local's reservations too
     for ip in ips:
         store.release(ip)
+    store.forget(container_id, ifname)
     return ips
 
 
@@ -123,6 +125,7 @@ def collect_garbage(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAd
         keep = (cid, ifname) in valid if ifname else cid in valid_ids
         if not keep:
             store.release(ip)
+            store.forget(cid, ifname)
             gone.append(ip)
     return gone
 

@@ -3,6 +3,9 @@
     <dataDir>/<network>/<ip>                   "<containerID>\\r\\n<ifname>" (old files: id only), 0600
     <dataDir>/<network>/last_reserved_ip.<n>   round-robin cursor of range set n
     <dataDir>/<network>/lock                   flock'ed around every operation
+    <dataDir>/<network>/.pycni-index/<hash>    pycni only: the addresses an attachment holds, so
+                                               ADD finds a duplicate without reading every file
+                                               (a hint: verified against the address files)
 
 Rule: `lock()` raises when it cannot lock (TryAgainLater after `timeout`); a reservation is an
 O_EXCL create, so two processes can never both own one address even without the lock.
@@ -24,10 +27,14 @@ from .config import IPAddress
 
 LOCK_NAME = "lock"
 CURSOR_PREFIX = "last_reserved_ip."
+INDEX_DIR = ".pycni-index"
 
 
 class Store(Protocol):
     def lock(self) -> contextlib.AbstractContextManager: ...
+    def held_by(self, container_id: str, ifname: str) -> list[IPAddress]: ...
+    def remember(self, container_id: str, ifname: str, ips: list[IPAddress]) -> None: ...
+    def forget(self, container_id: str, ifname: str) -> None: ...
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool: ...
     def last_reserved(self, set_index: int) -> IPAddress | None: ...
     def release(self, ip: IPAddress) -> None: ...
@@ -137,7 +144,7 @@ class DiskStore:
         for entry in entries:
             name = entry.name
             if name == LOCK_NAME or name.startswith(CURSOR_PREFIX) or name.startswith("."):
-                continue
+                continue    # the lock, round-robin cursors, our index directory
             try:
                 ip = ipaddress.ip_address(name)
             except ValueError:
@@ -151,6 +158,57 @@ class DiskStore:
                 raise IOFailure("cannot read reservation", f"{entry.path}: {e.strerror}") from None
             out[ip] = _parse_holder(text)
         return out
+
+    # ---------------------------------------------------------- the attachment index
+
+    def _index_path(self, container_id: str, ifname: str) -> str:
+        import hashlib
+
+        h = hashlib.sha256(f"{container_id}\r\n{ifname}".encode()).hexdigest()[:32]
+        return os.path.join(self.dir, INDEX_DIR, h)
+
+    def _holder_of(self, ip: IPAddress) -> tuple[str, str] | None:
+        try:
+            with open(self._path(ip), "rb") as f:
+                return _parse_holder(f.read(4096).decode(errors="replace"))
+        except OSError:
+            return None
+
+    def held_by(self, container_id: str, ifname: str) -> list[IPAddress]:
+        """The addresses the index says the attachment holds, each verified: O(1), not O(pods).
+        Reservations made by another writer (host-local) are not indexed; DEL scans everything."""
+        try:
+            with open(self._index_path(container_id, ifname), "rb") as f:
+                listed = f.read(4096).decode(errors="replace").split()
+        except OSError:
+            return []
+        out = []
+        for text in listed:
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if self._holder_of(ip) in ((container_id, ifname), (container_id, "")):
+                out.append(ip)
+        return out
+
+    def remember(self, container_id: str, ifname: str, ips: list[IPAddress]) -> None:
+        path = self._index_path(container_id, ifname)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, " ".join(map(str, ips)).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass    # only a hint
+
+    def forget(self, container_id: str, ifname: str) -> None:
+        try:
+            os.unlink(self._index_path(container_id, ifname))
+        except OSError:
+            pass
 
     def writable(self) -> str:
         """'' when reservations can be written here, else why not."""

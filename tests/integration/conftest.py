@@ -117,7 +117,12 @@ class Node:
         d = self.data_dir / network
         if not d.exists():
             return []
-        return sorted(p.name for p in d.iterdir() if p.name != "lock" and not p.name.startswith("last_"))
+        return sorted(p.name for p in d.iterdir()
+                      if p.name != "lock" and not p.name.startswith(("last_", ".")))
+
+    def index_entries(self, network: str) -> list[str]:
+        d = self.data_dir / network / ".pycni-index"
+        return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
 @pytest.fixture

@@ -264,4 +264,19 @@ def test_concurrent_processes_never_share_an_address(tmp_path):
         got = [a for chunk in pool.map(_worker, [(str(tmp_path), n, 25) for n in range(8)]) for a in chunk]
     assert len(got) == 200
     assert len(set(got)) == 200
-    assert len(os.listdir(tmp_path / "net1")) == 200 + 2   # + lock + cursor
+    assert len(os.listdir(tmp_path / "net1")) == 200 + 3   # + lock + cursor + .pycni-index
+
+
+def test_index_finds_duplicates_without_a_scan_and_is_only_a_hint(tmp_path):
+    c = conf([[{"subnet": "10.1.0.0/24"}]], dataDir=str(tmp_path))
+    service.add(c, "a", "eth0")
+    store = service.open_store(c)
+    assert store.held_by("a", "eth0") == [ip("10.1.0.2")]
+    with pytest.raises(CNIError, match="duplicate"):
+        service.add(c, "a", "eth0")
+    # the address file went away behind our back (host-local released it): the hint is ignored
+    os.unlink(tmp_path / "net1" / "10.1.0.2")
+    assert store.held_by("a", "eth0") == []
+    assert str(service.add(c, "a", "eth0").ips[0].address.ip) == "10.1.0.3"
+    service.delete(c, "a", "eth0")
+    assert sorted(os.listdir(tmp_path / "net1" / ".pycni-index")) == []
