@@ -56,10 +56,12 @@ class Call:
 
 def exec_plugin(plugin: dict, netlist: dict, command: str, cid: str, netns: str, caps: dict,
                 prev) -> Call:
+    """One plugin process, as libcni runs it; netlist["_env"] adds environment (the helper socket)."""
     exe = BIN / plugin["type"] if plugin["type"].startswith("pycni") else REF / plugin["type"]
     env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
            "CNI_IFNAME": "eth0", "CNI_PATH": f"{BIN}:{REF}",
-           "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench"}
+           "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench",
+           **netlist.get("_env", {})}
     stdin = plugin_config(netlist, plugin, caps, prev)
     t0 = time.perf_counter()
     p = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -119,6 +121,16 @@ class Pods:
 def run_all(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="pycni-compare-"))
     nets = netlists(work)
+    helper = None
+    if args.helper:
+        sock = work / "helper.sock"
+        helper = subprocess.Popen([str(BIN / "pycni"), "helper", "--socket", str(sock)], stderr=subprocess.PIPE,
+                                  text=True)
+        helper.stderr.readline()
+        nets = {"pycni": {**nets["pycni"], "_env": {"PYCNI_HELPER_SOCKET": str(sock)}},
+                "reference": nets["reference"]}
+    else:
+        nets["pycni"]["_env"] = {"PYCNI_HELPER": "0"}
     pods = Pods(args.prefix)
     rows: list[tuple[str, str, float, float, str]] = []   # label, unit, ours, ref, extra
     stats = {}
@@ -200,11 +212,14 @@ def run_all(args) -> None:
                      "ours = floor, ref = pycni exec"))
     finally:
         pods.remove_all()
+        if helper is not None:
+            helper.kill()
+            helper.wait()
 
     print()
     print(f"pycni vs reference chain (bridge + host-local + portmap, Debian plugins 1.1.1), "
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, kernel {os.uname().release}, "
-          f"install: {'editable dev' if 'editable' in ''.join(os.listdir(BIN.parent / 'lib' / 'python3.11' / 'site-packages')) else 'regular'}")
+          f"pycni {'through the resident helper' if args.helper else 'one process per call'}")
     print("| row | pycni | reference | ratio | |")
     print("|---|---|---|---|---|")
     for label, unit, ours, ref, extra in rows:
@@ -242,6 +257,7 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=50)
     ap.add_argument("--growth", default="10,500")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--helper", action="store_true", help="run pycni through `pycni helper`")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default=f"pycni-cmp-{os.getpid()}")
     args = ap.parse_args()
@@ -254,7 +270,8 @@ def main() -> None:
         subprocess.run(["ip", "netns", "exec", node, "ip", "link", "set", "lo", "up"], check=True)
         subprocess.run(["ip", "netns", "exec", node, sys.executable, __file__, "--inside", "--pods", str(args.pods),
                         "--concurrent", str(args.concurrent), "--growth", ",".join(map(str, args.growth)),
-                        "--rounds", str(args.rounds), "--prefix", args.prefix], check=True)
+                        "--rounds", str(args.rounds), "--prefix", args.prefix] + (["--helper"] if args.helper else []),
+                       check=True)
     finally:
         subprocess.run(["ip", "netns", "del", node], stderr=subprocess.DEVNULL)
         for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():

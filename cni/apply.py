@@ -301,19 +301,16 @@ def delete_link(ipr: Any, ifname: str) -> bool:
     return True
 
 
-def delete_container_link(path: str, ifname: str) -> list[IPInterface]:
-    """Delete `ifname` inside the namespace (its veth peer goes with it); its addresses before."""
+def pod_link(path: str, ifname: str) -> tuple[Any, Any, list[IPInterface]] | None:
+    """(netlink socket in the pod namespace, link message, addresses) of `ifname`, or None.
+    The caller closes the socket."""
     with netns.entered(path):
         ipr = open_rtnl()
-    try:
-        msg = lookup(ipr, ifname)
-        if msg is None:
-            return []
-        addrs = addresses_of(ipr, msg["index"])
-        delete_link(ipr, ifname)
-        return addrs
-    finally:
+    msg = lookup(ipr, ifname)
+    if msg is None:
         ipr.close()
+        return None
+    return ipr, msg, addresses_of(ipr, msg["index"])
 
 
 def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str, str]]:

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--cache-dir", default=os.environ.get("PYCNI_CACHE_DIR", "/var/lib/cni/results"))
     ex.add_argument("--valid", action="append", default=[], metavar="ID/IFNAME",
                     help="gc: an attachment that is still valid (repeatable)")
+    hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
+    hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
     return p
 
 
@@ -44,6 +46,10 @@ def main(argv: list[str]) -> int:
     if args.version:
         print(f"pycni {__version__}\nCNI spec versions: {', '.join(SUPPORTED)} (current {CURRENT})")
         return 0
+    if args.cmd == "helper":
+        from .helper import serve
+
+        return serve(args.socket)
     if args.cmd != "exec":
         _parser().print_help(sys.stderr)
         return 2

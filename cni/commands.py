@@ -96,15 +96,29 @@ class BridgePlugin:
         conf = config.parse(req.config, req.args)
         problems: list[Exception] = []
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
+        pod = None
         if netns.exists(req.netns):
             try:
-                addrs = apply.delete_container_link(req.netns, req.ifname)
-                pod_ips = pod_ips or [a for a in addrs if not a.ip.is_link_local]
+                pod = apply.pod_link(req.netns, req.ifname)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
                     problems.append(e)
             except CNIError as e:
                 problems.append(e)
+        if pod is not None and not pod_ips:
+            pod_ips = [a for a in pod[2] if not a.ip.is_link_local]
+        finish_firewall = None
+        if conf.wants_firewall:   # started now: the kernel's commit overlaps the link deletion
+            from . import firewall
+
+            finish_firewall = firewall.teardown_start(firewall_spec(conf, req, pod_ips))
+        if pod is not None:
+            try:
+                apply.delete_link(pod[0], req.ifname)
+            except CNIError as e:
+                problems.append(e)
+            finally:
+                pod[0].close()
         try:
             host = apply.open_rtnl()
             try:
@@ -113,11 +127,9 @@ class BridgePlugin:
                 host.close()
         except CNIError as e:
             problems.append(e)
-        if conf.wants_firewall:
-            from . import firewall
-
+        if finish_firewall is not None:
             try:
-                firewall.teardown(firewall_spec(conf, req, pod_ips))
+                finish_firewall()
             except CNIError as e:
                 problems.append(e)
         if conf.ipam_type:

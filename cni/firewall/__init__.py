@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .. import names
 from ..portmap import FirewallOptions, PortMapping
@@ -106,20 +106,37 @@ def _present_backends() -> list[str]:
     return present
 
 
-def teardown(spec: FirewallSpec) -> None:
-    """Remove the attachment's rules from every backend that may hold them."""
-    errors = []
-    for name in _present_backends():
-        try:
-            _backend(name).teardown(spec)
-        except Exception as e:   # keep going: the other backend may still hold rules
-            errors.append(e)
-    if spec.mappings and any(m.protocol == "udp" for m in spec.mappings):
-        from ..conntrack import flush_udp_ports
+def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
+    """Start removing the attachment's rules from every backend that may hold them; the returned
+    function finishes the work and raises what failed. (nftables runs as a child process, so its
+    kernel commit overlaps whatever the caller does in between.)"""
+    backends = _present_backends()
+    pending = _backend(NFT).teardown_start(spec) if NFT in backends else None
 
-        flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
-    if errors:
-        raise errors[0]
+    def finish() -> None:
+        errors = []
+        if pending is not None:
+            try:
+                pending()
+            except Exception as e:
+                errors.append(e)
+        if IPT in backends:
+            try:
+                _backend(IPT).teardown(spec)
+            except Exception as e:   # keep going: the other backend may have held the rules
+                errors.append(e)
+        if any(m.protocol == "udp" for m in spec.mappings):
+            from ..conntrack import flush_udp_ports
+
+            flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
+        if errors:
+            raise errors[0]
+
+    return finish
+
+
+def teardown(spec: FirewallSpec) -> None:
+    teardown_start(spec)()
 
 
 def check(spec: FirewallSpec) -> None:

@@ -231,14 +231,33 @@ def setup(spec: FirewallSpec) -> None:
     _nft(render_delete_found(stale) + script)
 
 
-def teardown(spec: FirewallSpec) -> None:
-    if spec.pod_ips and (spec.mappings or spec.masquerade):
-        script = render_delete(spec)
-        if not script.strip() or _nft(script, check=False).returncode == 0:
+def teardown_start(spec: FirewallSpec):
+    """Start the delete transaction; the returned function waits for it and, if it failed (rules
+    unknown or changed), finds the attachment's elements by their comment and deletes those."""
+    script = render_delete(spec) if spec.pod_ips and (spec.mappings or spec.masquerade) else ""
+    proc = None
+    if script.strip():
+        proc = subprocess.Popen(["nft", "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        proc.stdin.write(script.encode())
+        proc.stdin.close()
+
+    def finish() -> None:
+        if proc is not None and proc.wait() == 0:
             return
-    listing = _listing()          # unknown or changed rules: find ours by their comment
+        _teardown_by_comment(spec)
+
+    return finish
+
+
+def teardown(spec: FirewallSpec) -> None:
+    teardown_start(spec)()
+
+
+def _teardown_by_comment(spec: FirewallSpec) -> None:
+    listing = _listing()
     if listing is None:
-        return
+        return          # no table: nothing of ours here
     prefix = f"{spec.net_hash}-{spec.att_hash} "
     found = [(n, k) for n, k, _, c in tagged_elements(listing) if c.startswith(prefix)]
     if found:

@@ -97,7 +97,8 @@ class Node:
         e.update(CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=args,
                  CNI_PATH=f"{BIN}:{REFERENCE_DIR}",
                  CNI_NETNS=f"/var/run/netns/{netns}" if netns and not netns.startswith("/") else netns,
-                 PYCNI_LOG_FILE=str(self.log_file))   # errors before the config is read log here
+                 PYCNI_LOG_FILE=str(self.log_file),   # errors before the config is read log here
+                 PYCNI_HELPER_SOCKET=str(self.tmp / "helper.sock"))   # no helper unless a test starts one
         e.update(env or {})
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
         proc = subprocess.run(["ip", "netns", "exec", self.name, str(exe)], input=stdin, env=e,

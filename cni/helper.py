@@ -1,0 +1,135 @@
+"""`pycni helper`: a resident per-node process that serves CNI calls with everything imported.
+
+Each call arrives on a unix socket from `cni.helper_client` (CNI_* environment, stdin, and the
+caller's network namespace as a file descriptor). The helper forks; the child enters the caller's
+network namespace and runs the very same `skel.run` the executable would, then answers and exits.
+So a call behaves exactly as in process, and if the helper dies between calls the executables go
+back to running in process. If a child dies during an ADD, the caller answers code 11 (try again
+later): the runtime then DELs and retries. Other verbs are rerun in process by the caller.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+from . import netns
+from .helper_client import DEFAULT_SOCKET, _recv_exact
+
+
+def _bridge():
+    from .commands import BridgePlugin
+
+    return BridgePlugin()
+
+
+def _ipam():
+    from ipam.plugin import IPAMPlugin
+
+    return IPAMPlugin()
+
+
+def _portmap():
+    from .portmap_plugin import PortmapPlugin
+
+    return PortmapPlugin()
+
+
+PLUGINS = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap}
+
+
+def _warm_up() -> None:
+    """Import what the calls need once, in the parent, so every forked child starts warm."""
+    from . import apply, commands, firewall, portmap_plugin, rtnl  # noqa: F401
+    from .firewall import nft  # noqa: F401
+    from ipam import plugin, service  # noqa: F401
+
+
+def _serve_one(conn: socket.socket) -> None:
+    fds = array.array("i")
+    msg, anc, _, _ = conn.recvmsg(4, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if len(msg) < 4 or not fds:
+        raise ConnectionError("malformed request")
+    size = struct.unpack("!I", msg if len(msg) == 4 else msg + _recv_exact(conn, 4 - len(msg)))[0]
+    request = json.loads(_recv_exact(conn, size))
+    netns._setns(fds[0])          # the caller's namespace is our "host" from here on
+    os.close(fds[0])
+    from . import skel
+    from .log import log
+
+    env = request["env"]
+    log.configure(path=env.get("PYCNI_LOG_FILE", log.path))
+    out = io.StringIO()
+    factory = PLUGINS.get(request.get("plugin"), _bridge)
+    rc = skel.run(factory, env, io.BytesIO(request["stdin"].encode("latin-1")), out,
+                  about=f"{request.get('plugin')}(helper)")
+    reply = json.dumps({"rc": rc, "stdout": out.getvalue()}).encode()
+    conn.sendall(struct.pack("!I", len(reply)) + reply)
+
+
+def serve(path: str = DEFAULT_SOCKET) -> int:
+    _warm_up()
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)          # the socket is root's only: it configures the node
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old_umask)
+    server.listen(128)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.stderr.write(f"pycni helper: serving on {path} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    try:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except InterruptedError:
+                continue
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    server.close()
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    _serve_one(conn)
+                except BaseException as e:   # never let a child return into the accept loop
+                    code = 1
+                    try:
+                        sys.stderr.write(f"pycni helper: request failed: {e}\n")
+                    except Exception:
+                        pass
+                finally:
+                    os._exit(code)
+            conn.close()
+    finally:
+        server.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
