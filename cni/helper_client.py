@@ -49,6 +49,7 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         sock.close()
         return None     # a stale socket: nobody listens, run in process
     command = env.get("CNI_COMMAND", "")
+    data = None
     try:
         data = stdin.read()
         request = json.dumps({
@@ -67,7 +68,7 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         size = struct.unpack("!I", _recv_exact(sock, 4))[0]
         reply = json.loads(_recv_exact(sock, size))
     except (OSError, ConnectionError, ValueError) as e:
-        if command != "ADD" and "data" in locals():
+        if command != "ADD" and data is not None:
             # DEL, CHECK, STATUS, GC are safe to run again: do it here. (stdin was consumed.)
             import io
 
