@@ -47,7 +47,7 @@ class Logger:
                     os.write(fd, line.encode(errors="replace"))
                 finally:
                     os.close(fd)
-            except OSError:
+            except (OSError, ValueError):   # ValueError: a NUL byte in a configured path
                 pass
 
     def debug(self, msg: str) -> None:

@@ -174,8 +174,8 @@ def parse_resolv_conf(path: str) -> DNS:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
-    except OSError as e:
-        raise _err("cannot read resolvConf", f"{path}: {e.strerror}") from None
+    except (OSError, ValueError) as e:      # ValueError: a NUL byte in the path
+        raise _err("cannot read resolvConf", f"{path!r}: {getattr(e, 'strerror', None) or e}") from None
     ns, search, opts, domain = [], [], [], ""
     for line in lines:
         fields = line.split("#", 1)[0].split()

@@ -280,3 +280,10 @@ def test_index_finds_duplicates_without_a_scan_and_is_only_a_hint(tmp_path):
     assert str(service.add(c, "a", "eth0").ips[0].address.ip) == "10.1.0.3"
     service.delete(c, "a", "eth0")
     assert sorted(os.listdir(tmp_path / "net1" / ".pycni-index")) == []
+
+
+def test_paths_with_nul_bytes_are_config_errors():
+    with pytest.raises(InvalidConfig):
+        conf([[{"subnet": "10.1.0.0/24"}]], resolvConf="/etc/res\x00olv.conf")
+    with pytest.raises(InvalidConfig):
+        conf([[{"subnet": "10.1.0.0/24"}]], dataDir="/var/lib/\x00x")

@@ -150,3 +150,8 @@ def test_valid_attachments():
     assert skel.valid_attachments({}) == set()
     with pytest.raises(InvalidConfig):
         skel.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
+
+
+def test_log_file_with_nul_byte_is_not_a_crash():
+    rc, out = run("DEL", {**CONF, "logFile": "/tmp/a\x00b"}, plugin=Recorder(raise_with=InvalidConfig("x")))
+    assert rc == 1 and out["code"] == 7

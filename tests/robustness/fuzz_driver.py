@@ -1,0 +1,151 @@
+"""Property-based fuzzing of the CNI contract, run inside a throwaway node namespace.
+
+    ip netns exec NODE python -m tests.robustness.fuzz_driver --cases N --pod /var/run/netns/POD --data DIR
+
+Each case is a stdin JSON (mutations of a valid pycni config) and a CNI_* environment, served by
+the real `skel.run` + `BridgePlugin` in this process (the node namespace plays the host). Every
+case must end in a valid result (then it is DELeted again) or a CNI error JSON with a non-zero
+exit; an error leaves no veth, no address reservation and nothing in the pod. Prints one summary
+line: cases, results, errors by code, leaks found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections import Counter
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cni import skel
+from cni.commands import BridgePlugin
+
+COMMANDS = ["ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC", "", "add", "FOO"]
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "0.2.0", "2.0.0", "", None, 1]
+WEIRD = st.one_of(st.text(max_size=40), st.sampled_from(
+    ["../../etc", "a/b", "eth0\n", "x" * 300, "${IFS}", "a;b", "'\"", "\x00", "-rf", "😀", "."]))
+JSONISH = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=20)),
+                       lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c,
+                                                                                   max_size=4)), max_leaves=10)
+
+
+def base_config(data_dir: str) -> dict:
+    return {"cniVersion": "1.0.0", "name": "fuzznet", "type": "pycni", "bridge": "fzbr0",
+            "isGateway": True, "isDefaultGateway": True, "logFile": "",
+            "ipam": {"type": "pycni-ipam", "dataDir": data_dir, "ranges": [[{"subnet": "10.99.0.0/24"}]]}}
+
+
+KEYS = ["cniVersion", "name", "type", "bridge", "isGateway", "isDefaultGateway", "mtu", "hairpinMode",
+        "promiscMode", "vlan", "ipMasq", "forceAddress", "enabledad", "runtimeConfig", "args", "prevResult",
+        "dns", "ipam", "backend", "snat", "markMasqBit"]
+IPAM_KEYS = ["type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dataDir", "resolvConf"]
+
+
+@st.composite
+def cases(draw, data_dir: str, pod: str):
+    conf = base_config(data_dir)
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4]))):
+        key = draw(st.sampled_from(KEYS))
+        action = draw(st.sampled_from(["delete", "weird", "json", "version"]))
+        if action == "delete":
+            conf.pop(key, None)
+        elif action == "version":
+            conf["cniVersion"] = draw(st.sampled_from(VERSIONS))
+        else:
+            conf[key] = draw(WEIRD if action == "weird" else JSONISH)
+    if draw(st.booleans()) and isinstance(conf.get("ipam"), dict):
+        ipam = dict(conf["ipam"])
+        ipam[draw(st.sampled_from(IPAM_KEYS))] = draw(st.one_of(JSONISH, WEIRD, st.sampled_from(
+            ["10.99.0.0/33", "10.99.0.1/24", "fd00::/127", [[{"subnet": "banana"}]], "/", "relative/dir"])))
+        conf["ipam"] = ipam
+    if draw(st.booleans()):
+        conf["runtimeConfig"] = {"portMappings": draw(st.lists(st.fixed_dictionaries(
+            {"hostPort": st.one_of(st.integers(-5, 70000), WEIRD), "containerPort": st.integers(-5, 70000),
+             "protocol": st.sampled_from(["tcp", "udp", "sctp", "icmp", "TCP", ""])}), max_size=2))}
+    raw = json.dumps(conf).encode()
+    if draw(st.sampled_from([False] * 9 + [True])):
+        raw = raw[:draw(st.integers(0, len(raw)))]            # truncated JSON
+    def mostly(sane, wild):       # seven cases in eight keep a field sane, so the plugin is reached
+        return draw(st.one_of(*[st.just(sane)] * 7, wild))
+
+    env = {"CNI_COMMAND": mostly("ADD", st.sampled_from(COMMANDS)),
+           "CNI_CONTAINERID": mostly("c1", st.one_of(st.sampled_from(["abc-123.x_y", ""]), WEIRD)),
+           "CNI_NETNS": mostly(pod, st.sampled_from(["", "/nonexistent/ns", "/proc/self/ns/net", "/etc/hostname"])),
+           "CNI_IFNAME": mostly("eth0", st.one_of(st.sampled_from(["net1", "a" * 16]), WEIRD)),
+           "CNI_ARGS": mostly("IgnoreUnknown=1;K8S_POD_NAME=x", st.one_of(st.sampled_from(
+               ["", "IP=10.99.0.7", "MAC=02:00:00:00:00:01", "FOO=1", "a=b=c", "IP=10.99.0.1"]), WEIRD)),
+           "CNI_PATH": "/nonexistent"}
+    drop = st.sampled_from([False] * 19 + [True])   # (hypothesis favours the first choice)
+    env = {k: v for k, v in env.items() if k == "CNI_COMMAND" or not draw(drop)}
+    return raw, env
+
+
+def host_veths() -> list[str]:
+    return sorted(n for n in os.listdir("/sys/class/net") if n.startswith("veth"))
+
+
+def reservations(data_dir: str) -> list[str]:
+    d = os.path.join(data_dir, "fuzznet")
+    return sorted(n for n in os.listdir(d) if n[0].isdigit()) if os.path.isdir(d) else []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--pod", required=True)
+    ap.add_argument("--data", required=True)
+    args = ap.parse_args()
+    from cni.log import log
+
+    log.stderr = None       # the summary line is the output; details go to the log file
+    counts: Counter = Counter()
+    leaks: list[str] = []
+    unexpected: list[str] = []
+
+    @settings(max_examples=args.cases, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(cases(args.data, args.pod))
+    def one(case):
+        raw, env = case
+        before = (host_veths(), reservations(args.data))
+        out = io.StringIO()
+        rc = skel.run(BridgePlugin, env, io.BytesIO(raw), out)
+        text = out.getvalue()
+        assert "Traceback" not in text
+        reply = json.loads(text) if text.strip() else None
+        counts["cases"] += 1
+        if rc == 0:
+            counts["ok"] += 1
+            if env.get("CNI_COMMAND") == "ADD":       # undo it, as the runtime would
+                rc2 = skel.run(BridgePlugin, {**env, "CNI_COMMAND": "DEL"}, io.BytesIO(raw), io.StringIO())
+                assert rc2 == 0
+            return
+        assert isinstance(reply, dict) and isinstance(reply.get("code"), int) and isinstance(reply.get("msg"), str), text
+        assert set(reply) <= {"cniVersion", "code", "msg", "details"}, reply
+        counts[f"code {reply['code']}"] += 1
+        if reply["msg"] == "internal error":      # an exception nobody translated: a bug
+            unexpected.append(f"{reply} env={env} stdin={raw[:300]!r}")
+        if env.get("CNI_COMMAND") == "ADD":
+            after = (host_veths(), reservations(args.data))
+            if after != before:
+                leaks.append(f"{reply} {env} left {after} (before {before})")
+                # clean up so later cases start from a known state
+                skel.run(BridgePlugin, {**env, "CNI_COMMAND": "DEL"}, io.BytesIO(raw), io.StringIO())
+
+    one()
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("code"))
+    print(f"fuzz: {counts['cases']} cases, {counts['ok']} results, errors ({errors}), "
+          f"untranslated exceptions = {len(unexpected)}, leaks found = {len(leaks)}")
+    for leak in leaks[:10]:
+        print("  LEAK", leak)
+    for u in unexpected[:10]:
+        print("  UNTRANSLATED", u)
+    return 1 if leaks or unexpected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
