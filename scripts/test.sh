@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+# with arguments, they replace the default target: e.g. `PYCNI_LONG=1 bash scripts/test.sh tests/robustness`
+if [ $# -eq 0 ]; then set -- tests; fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
