@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import names, result
+from .fields import flag, integer
 from .portmap import FirewallOptions, PortMapping, parse_mappings, parse_options
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .result import DNS, Result
@@ -55,24 +56,6 @@ class NetConf:
     @property
     def ipam_in_process(self) -> bool:
         return self.ipam_type == IN_PROCESS_IPAM
-
-
-def _bool(conf: Mapping, key: str) -> bool:
-    value = conf.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidConfig(f"invalid {key}", f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _int(conf: Mapping, key: str, lo: int, hi: int) -> int | None:
-    value = conf.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InvalidConfig(f"invalid {key}", f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
 
 
 def _str(conf: Mapping, key: str, default: str = "") -> str:
@@ -128,8 +111,8 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         names.validate_ifname(bridge)
     except CNIError as e:
         raise InvalidConfig("invalid bridge name", e.details.replace("CNI_IFNAME", "bridge")) from None
-    is_default_gw = _bool(conf, "isDefaultGateway")
-    hairpin, promisc = _bool(conf, "hairpinMode"), _bool(conf, "promiscMode")
+    is_default_gw = flag(conf, "isDefaultGateway")
+    hairpin, promisc = flag(conf, "hairpinMode"), flag(conf, "promiscMode")
     if hairpin and promisc:
         raise InvalidConfig("invalid config", "cannot set hairpin mode and promiscuous mode at the same time")
     backend = _str(conf, "ipMasqBackend")
@@ -152,16 +135,16 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         name=conf["name"],
         type=_str(conf, "type"),
         bridge=bridge,
-        is_gateway=_bool(conf, "isGateway") or is_default_gw,
+        is_gateway=flag(conf, "isGateway") or is_default_gw,
         is_default_gateway=is_default_gw,
-        force_address=_bool(conf, "forceAddress"),
-        ip_masq=_bool(conf, "ipMasq"),
+        force_address=flag(conf, "forceAddress"),
+        ip_masq=flag(conf, "ipMasq"),
         ip_masq_backend=backend,
-        mtu=_int(conf, "mtu", 68, 65535),
+        mtu=integer(conf, "mtu", 68, 65535),
         hairpin_mode=hairpin,
         promisc_mode=promisc,
-        vlan=_int(conf, "vlan", 0, 4094) or None,
-        enable_dad=_bool(conf, "enabledad"),
+        vlan=integer(conf, "vlan", 0, 4094) or None,
+        enable_dad=flag(conf, "enabledad"),
         ipam=ipam,
         mac=_mac(runtime_config, args, cni_args),
         dns=dns,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import InvalidConfig
+from .fields import flag, integer
 from .result import IPAddress
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -87,17 +88,7 @@ def _conditions(conf: Mapping, key: str) -> tuple[str, ...]:
 
 
 def parse_options(conf: Mapping[str, Any]) -> FirewallOptions:
-    def flag(key: str, default: bool) -> bool:
-        v = conf.get(key, default)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise InvalidConfig(f"invalid {key}", f"{key} must be true or false, got {v!r}")
-        return v
-
-    bit = conf.get("markMasqBit", 13)
-    if not isinstance(bit, int) or isinstance(bit, bool) or not 0 <= bit <= 31:
-        raise InvalidConfig("invalid markMasqBit", f"must be in 0..31, got {bit!r}")
+    bit = integer(conf, "markMasqBit", 0, 31, 13)
     if conf.get("externalSetMarkChain"):
         raise InvalidConfig("unsupported option externalSetMarkChain",
                             "pycni marks with markMasqBit in its own chains")
@@ -105,8 +96,8 @@ def parse_options(conf: Mapping[str, Any]) -> FirewallOptions:
     if backend not in BACKENDS:
         raise InvalidConfig("invalid backend", f"{backend!r} (auto, nftables or iptables)")
     return FirewallOptions(
-        snat=flag("snat", True),
-        masq_all=flag("masqAll", False),
+        snat=flag(conf, "snat", True),
+        masq_all=flag(conf, "masqAll"),
         mark_masq_bit=bit,
         conditions_v4=_conditions(conf, "conditionsV4"),
         conditions_v6=_conditions(conf, "conditionsV6"),

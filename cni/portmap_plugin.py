@@ -35,11 +35,16 @@ def _spec(req: Request, prev: Result | None) -> firewall.FirewallSpec:
         masquerade=False, options=parse_options(req.config))
 
 
+def _required_prev(req: Request, why: str) -> Result:
+    prev = parse_prev_result(req.config)
+    if prev is None:
+        raise InvalidConfig(why, "prevResult is missing")
+    return prev
+
+
 class PortmapPlugin:
     def add(self, req: Request) -> Result:
-        prev = parse_prev_result(req.config)
-        if prev is None:
-            raise InvalidConfig("must be called as a chained plugin", "prevResult is missing")
+        prev = _required_prev(req, "must be called as a chained plugin")
         spec = _spec(req, prev)
         if spec.mappings and spec.pod_ips:
             firewall.setup(spec)
@@ -58,9 +63,7 @@ class PortmapPlugin:
             firewall.teardown(spec)
 
     def check(self, req: Request) -> None:
-        prev = parse_prev_result(req.config)
-        if prev is None:
-            raise InvalidConfig("Required prevResult missing", "CHECK needs the result of ADD")
+        prev = _required_prev(req, "Required prevResult missing")
         spec = _spec(req, prev)
         if spec.mappings and spec.pod_ips:
             firewall.check(spec)

@@ -1,0 +1,25 @@
+"""Typed reads of config fields, shared by every config parser: one error message per mistake."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .errors import InvalidConfig
+
+
+def flag(conf: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidConfig(f"invalid {key}", f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def integer(conf: Mapping[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int | None:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidConfig(f"invalid {key}", f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
