@@ -235,7 +235,7 @@ def run_all(args) -> None:
     print()
     print(f"pycni vs reference chain (bridge + host-local + portmap, Debian plugins 1.1.1), "
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, kernel {os.uname().release}, "
-          f"pycni {'through the resident helper' if args.helper else 'one process per call'}")
+          f"pycni {'through the resident helper' if args.helper else 'one process per call'}, executables in {BIN}")
     print("| row | pycni | reference | ratio | |")
     print("|---|---|---|---|---|")
     for label, unit, ours, ref, extra in rows:
