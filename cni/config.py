@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import names, result
-from .fields import flag, integer
+from .fields import flag, integer, mapping, string
 from .portmap import FirewallOptions, PortMapping, parse_mappings, parse_options
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .result import DNS, Result
@@ -58,22 +58,6 @@ class NetConf:
         return self.ipam_type == IN_PROCESS_IPAM
 
 
-def _str(conf: Mapping, key: str, default: str = "") -> str:
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise InvalidConfig(f"invalid {key}", f"{key} must be a string, got {value!r}")
-    return value
-
-
-def _mapping(conf: Mapping, key: str) -> Mapping[str, Any]:
-    value = conf.get(key) or {}
-    if not isinstance(value, dict):
-        raise InvalidConfig(f"invalid {key}", f"{key} must be an object")
-    return value
-
-
 def validate_mac(mac: str, source: str) -> str:
     if not _MAC_RE.match(mac):
         raise InvalidConfig("invalid MAC address", f"{source}: {mac!r}")
@@ -106,7 +90,7 @@ def parse_prev_result(conf: Mapping) -> Result | None:
 
 def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) -> NetConf:
     cni_args = cni_args or {}
-    bridge = _str(conf, "bridge", "cni0") or "cni0"
+    bridge = string(conf, "bridge", "cni0") or "cni0"
     try:
         names.validate_ifname(bridge)
     except CNIError as e:
@@ -115,7 +99,7 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
     hairpin, promisc = flag(conf, "hairpinMode"), flag(conf, "promiscMode")
     if hairpin and promisc:
         raise InvalidConfig("invalid config", "cannot set hairpin mode and promiscuous mode at the same time")
-    backend = _str(conf, "ipMasqBackend")
+    backend = string(conf, "ipMasqBackend")
     if backend not in ("", "iptables", "nftables"):
         raise InvalidConfig("invalid ipMasqBackend", f"{backend!r} (iptables or nftables)")
     ipam = conf.get("ipam")
@@ -125,7 +109,7 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         raise InvalidConfig("invalid ipam", "\"ipam\" must be an object")
     if ipam and not isinstance(ipam.get("type"), str):
         raise InvalidConfig("invalid ipam", "ipam needs a \"type\"")
-    runtime_config, args = _mapping(conf, "runtimeConfig"), _mapping(conf, "args")
+    runtime_config, args = mapping(conf, "runtimeConfig"), mapping(conf, "args")
     try:
         dns = result.parse_dns(conf.get("dns"))
     except DecodeFailure as e:
@@ -133,7 +117,7 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
     return NetConf(
         cni_version=conf["cniVersion"],
         name=conf["name"],
-        type=_str(conf, "type"),
+        type=string(conf, "type"),
         bridge=bridge,
         is_gateway=flag(conf, "isGateway") or is_default_gw,
         is_default_gateway=is_default_gw,

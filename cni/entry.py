@@ -7,36 +7,36 @@ import os
 import sys
 
 
-def _forward(plugin: str) -> int | None:
-    if "CNI_COMMAND" not in os.environ:
-        return None
+def _serve(name: str) -> int:
     from .helper_client import forward
 
-    return forward(plugin, os.environ, sys.stdin.buffer, sys.stdout)
+    rc = forward(name, os.environ, sys.stdin.buffer, sys.stdout)
+    if rc is not None:
+        return rc
+    from .plugins import run
+
+    return run(name, os.environ, sys.stdin.buffer, sys.stdout)
+
+
+def _about(name: str) -> int:
+    from .plugins import ABOUT
+    from .version import SUPPORTED
+
+    sys.stderr.write(f"{name}: {ABOUT[name]}; CNI versions {', '.join(SUPPORTED)}; see pycni --help\n")
+    return 0
 
 
 def pycni() -> int:
-    rc = _forward("pycni")
-    if rc is not None:
-        return rc
-    from .main import main
+    if "CNI_COMMAND" in os.environ:
+        return _serve("pycni")
+    from . import cli
 
-    return main()
+    return cli.main(sys.argv[1:])
 
 
 def pycni_ipam() -> int:
-    rc = _forward("pycni-ipam")
-    if rc is not None:
-        return rc
-    from ipam.plugin import main
-
-    return main()
+    return _serve("pycni-ipam") if "CNI_COMMAND" in os.environ else _about("pycni-ipam")
 
 
 def pycni_portmap() -> int:
-    rc = _forward("pycni-portmap")
-    if rc is not None:
-        return rc
-    from .portmap_plugin import main
-
-    return main()
+    return _serve("pycni-portmap") if "CNI_COMMAND" in os.environ else _about("pycni-portmap")

@@ -23,3 +23,19 @@ def integer(conf: Mapping[str, Any], key: str, lo: int, hi: int, default: int | 
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise InvalidConfig(f"invalid {key}", f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
     return value
+
+
+def string(conf: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidConfig(f"invalid {key}", f"{key} must be a string, got {value!r}")
+    return value
+
+
+def mapping(conf: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = conf.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidConfig(f"invalid {key}", f"{key} must be an object")
+    return value

@@ -21,27 +21,7 @@ import sys
 
 from . import netns
 from .helper_client import DEFAULT_SOCKET, _recv_exact
-
-
-def _bridge():
-    from .commands import BridgePlugin
-
-    return BridgePlugin()
-
-
-def _ipam():
-    from ipam.plugin import IPAMPlugin
-
-    return IPAMPlugin()
-
-
-def _portmap():
-    from .portmap_plugin import PortmapPlugin
-
-    return PortmapPlugin()
-
-
-PLUGINS = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap}
+from .plugins import PLUGINS
 
 
 def _warm_up() -> None:
@@ -63,15 +43,14 @@ def _serve_one(conn: socket.socket) -> None:
     request = json.loads(_recv_exact(conn, size))
     netns._setns(fds[0])          # the caller's namespace is our "host" from here on
     os.close(fds[0])
-    from . import skel
+    from . import plugins
     from .log import log
 
     env = request["env"]
     log.configure(path=env.get("PYCNI_LOG_FILE", log.path))
     out = io.StringIO()
-    factory = PLUGINS.get(request.get("plugin"), _bridge)
-    rc = skel.run(factory, env, io.BytesIO(request["stdin"].encode("latin-1")), out,
-                  about=f"{request.get('plugin')}(helper)")
+    name = request.get("plugin") if request.get("plugin") in PLUGINS else "pycni"
+    rc = plugins.run(name, env, io.BytesIO(request["stdin"].encode("latin-1")), out, about=f"{name}(helper)")
     reply = json.dumps({"rc": rc, "stdout": out.getvalue()}).encode()
     conn.sendall(struct.pack("!I", len(reply)) + reply)
 

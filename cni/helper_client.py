@@ -72,7 +72,9 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
             # DEL, CHECK, STATUS, GC are safe to run again: do it here. (stdin was consumed.)
             import io
 
-            return _run_locally(plugin, env, io.BytesIO(data), stdout)
+            from .plugins import run
+
+            return run(plugin, env, io.BytesIO(data), stdout)
         out = {"cniVersion": "1.1.0", "code": CODE_TRY_AGAIN,
                "msg": "pycni helper failed during the call", "details": str(e)}
         stdout.write(json.dumps(out) + "\n")
@@ -83,10 +85,3 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     stdout.write(reply.get("stdout", ""))
     stdout.flush()
     return int(reply.get("rc", 1))
-
-
-def _run_locally(plugin: str, env, stdin, stdout) -> int:
-    from . import skel
-    from .helper import PLUGINS
-
-    return skel.run(PLUGINS[plugin], env, stdin, stdout, about=plugin)

@@ -6,9 +6,6 @@ addresses from `prevResult`; it passes `prevResult` on unchanged.
 
 from __future__ import annotations
 
-import os
-import sys
-from typing import Any
 
 from . import firewall
 from .config import parse_prev_result
@@ -73,16 +70,3 @@ class PortmapPlugin:
 
     def gc(self, req: Request) -> None:
         firewall.gc(req.config["name"], valid_attachments(req.config))
-
-
-def main() -> int:
-    if "CNI_COMMAND" not in os.environ:
-        sys.stderr.write("pycni-portmap: port mapping CNI plugin (chained); see pycni --help\n")
-        return 0
-    from . import skel
-
-    return skel.run(PortmapPlugin, os.environ, sys.stdin.buffer, sys.stdout, about="pycni-portmap")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import traceback
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Mapping, Protocol
 
@@ -212,6 +211,8 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         _emit(stdout, e.to_dict(version))
         return 1
     except Exception as e:  # the one place an unexpected exception is reported
+        import traceback
+
         log.error("unexpected error: " + "".join(traceback.format_exception(e)).rstrip())
         _emit(stdout, CNIError("internal error", f"{type(e).__name__}: {e}").to_dict(version))
         return 1

@@ -5,9 +5,6 @@ Its result has no interfaces, and its ips carry no interface index (the spec's I
 
 from __future__ import annotations
 
-import os
-import sys
-
 from cni.errors import InvalidConfig
 from cni.result import Result, parse as parse_result
 from cni.skel import Request, valid_attachments
@@ -43,18 +40,3 @@ class IPAMPlugin:
 
     def gc(self, req: Request) -> None:
         service.gc(_conf(req), valid_attachments(req.config))
-
-
-def main() -> int:
-    from cni import skel
-
-    if "CNI_COMMAND" not in os.environ:
-        from cni.version import SUPPORTED
-
-        sys.stderr.write(f"pycni-ipam: file-backed CNI IPAM plugin; CNI versions {', '.join(SUPPORTED)}\n")
-        return 0
-    return skel.run(IPAMPlugin, os.environ, sys.stdin.buffer, sys.stdout, about="pycni-ipam")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,10 +49,6 @@ class FirewallSpec:
     def ips(self, family: int) -> list[IPInterface]:
         return [a for a in self.pod_ips if a.version == family]
 
-    @property
-    def wants_rules(self) -> bool:
-        return bool(self.pod_ips) and (self.masquerade or bool(self.mappings))
-
 
 def network_hash(network: str) -> str:
     return hashlib.sha256(network.encode()).hexdigest()[:8]
@@ -90,11 +86,17 @@ def setup(spec: FirewallSpec) -> str:
     """Install the attachment's rules; returns the backend used."""
     name = choose(spec.options)
     _backend(name).setup(spec)
-    if any(m.protocol == "udp" for m in spec.mappings):
+    _flush_udp(spec)
+    return name
+
+
+def _flush_udp(spec: FirewallSpec) -> None:
+    """Stale UDP conntrack entries of the mapped host ports would keep steering traffic to an old pod."""
+    ports = sorted({m.host_port for m in spec.mappings if m.protocol == "udp"})
+    if ports:
         from ..conntrack import flush_udp_ports
 
-        flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
-    return name
+        flush_udp_ports(ports)
 
 
 def _present_backends() -> list[str]:
@@ -125,10 +127,7 @@ def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
                 _backend(IPT).teardown(spec)
             except Exception as e:   # keep going: the other backend may have held the rules
                 errors.append(e)
-        if any(m.protocol == "udp" for m in spec.mappings):
-            from ..conntrack import flush_udp_ports
-
-            flush_udp_ports(sorted({m.host_port for m in spec.mappings if m.protocol == "udp"}))
+        _flush_udp(spec)
         if errors:
             raise errors[0]
 

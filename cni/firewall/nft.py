@@ -250,10 +250,6 @@ def teardown_start(spec: FirewallSpec):
     return finish
 
 
-def teardown(spec: FirewallSpec) -> None:
-    teardown_start(spec)()
-
-
 def _teardown_by_comment(spec: FirewallSpec) -> None:
     listing = _listing()
     if listing is None:

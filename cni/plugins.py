@@ -1,0 +1,42 @@
+"""The three plugins this package ships, by executable name, and the one way to run one in process.
+
+Used by the console scripts (`cni.entry`), by the helper's forked children and by the helper
+client's fallback, so every path serves a call the same way.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Callable, Mapping
+
+
+def _bridge() -> Any:
+    from .commands import BridgePlugin
+
+    return BridgePlugin()
+
+
+def _ipam() -> Any:
+    from ipam.plugin import IPAMPlugin
+
+    return IPAMPlugin()
+
+
+def _portmap() -> Any:
+    from .portmap_plugin import PortmapPlugin
+
+    return PortmapPlugin()
+
+
+PLUGINS: dict[str, Callable[[], Any]] = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap}
+
+ABOUT = {
+    "pycni": "bridge CNI plugin",
+    "pycni-ipam": "file-backed CNI IPAM plugin (host-local layout)",
+    "pycni-portmap": "port mapping CNI plugin (chained)",
+}
+
+
+def run(name: str, env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], about: str = "") -> int:
+    from . import skel
+
+    return skel.run(PLUGINS[name], env, stdin, stdout, about=about or name)
