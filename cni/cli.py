@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--cache-dir", default=os.environ.get("PYCNI_CACHE_DIR", "/var/lib/cni/results"))
     ex.add_argument("--valid", action="append", default=[], metavar="ID/IFNAME",
                     help="gc: an attachment that is still valid (repeatable)")
+    ins = sub.add_parser("install", help="install the self-contained build and a conflist, atomically")
+    ins.add_argument("--bin-dir", default=DEFAULT_CNI_PATH)
+    ins.add_argument("--conf-dir", default="/etc/cni/net.d")
+    ins.add_argument("--conflist", help="network configuration to install (.conflist/.conf JSON or YAML)")
+    ins.add_argument("--conf-name", help="file name in --conf-dir (default: the conflist's own name)")
+    ins.add_argument("--from", dest="source", metavar="DIR",
+                     help="the build to install (default: the one this pycni runs from)")
     hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
     hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
     return p
@@ -50,6 +57,19 @@ def main(argv: list[str]) -> int:
         from .helper import serve
 
         return serve(args.socket)
+    if args.cmd == "install":
+        from .install import main as install
+
+        try:
+            for line in install(args.bin_dir, args.conf_dir, args.conflist, args.source, args.conf_name):
+                print(f"installed {line}")
+            return 0
+        except CNIError as e:
+            print(f"pycni install: {e.msg}" + (f": {e.details}" if e.details else ""), file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"pycni install: {e}", file=sys.stderr)
+            return 1
     if args.cmd != "exec":
         _parser().print_help(sys.stderr)
         return 2

@@ -161,6 +161,14 @@ class BridgePlugin:
 
     def status(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)
+        from . import hostcheck
+
+        problems = hostcheck.kernel_problems(ipv6=_configures_ipv6(conf.ipam))
+        capabilities = req.config.get("capabilities")
+        maps_ports = isinstance(capabilities, dict) and capabilities.get("portMappings") is True
+        if conf.ip_masq or maps_ports:
+            problems += hostcheck.firewall_problems(conf.firewall.backend)
+        hostcheck.require(problems)
         if conf.ipam_type:
             ipam_client.status(conf, req)
 
@@ -180,3 +188,14 @@ class BridgePlugin:
         firewall.gc(conf.name, valid)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))
+
+
+def _configures_ipv6(ipam: Any) -> bool:
+    """Whether the IPAM section names an IPv6 subnet (host-local layout: ranges or subnet)."""
+    if not isinstance(ipam, dict):
+        return False
+    subnets = [ipam.get("subnet")]
+    for rangeset in ipam.get("ranges") or ():
+        if isinstance(rangeset, list):
+            subnets += [r.get("subnet") for r in rangeset if isinstance(r, dict)]
+    return any(isinstance(s, str) and ":" in s for s in subnets)

@@ -30,12 +30,18 @@ class Attachment:
 def load_conflist(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        conf = yaml.safe_load(text)
-    else:
-        conf = json.loads(text)
+            try:
+                conf = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ValueError(str(e)) from None
+        else:
+            conf = json.loads(text)
+    except ValueError as e:
+        raise InvalidConfig("invalid network configuration", f"{path}: {e}") from None
     if not isinstance(conf, dict):
         raise InvalidConfig("invalid network configuration", f"{path}: not an object")
     if "plugins" not in conf:  # a single-plugin .conf file

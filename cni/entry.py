@@ -40,3 +40,12 @@ def pycni_ipam() -> int:
 
 def pycni_portmap() -> int:
     return _serve("pycni-portmap") if "CNI_COMMAND" in os.environ else _about("pycni-portmap")
+
+
+BY_NAME = {"pycni": pycni, "pycni-ipam": pycni_ipam, "pycni-portmap": pycni_portmap}
+
+
+def by_name(argv0: str) -> int:
+    """One executable, three names (the frozen build installs pycni-ipam and pycni-portmap as
+    symlinks to pycni): the name a runtime ran decides the plugin. Unknown names act as `pycni`."""
+    return BY_NAME.get(os.path.basename(argv0), pycni)()

@@ -66,7 +66,9 @@ class PortmapPlugin:
             firewall.check(spec)
 
     def status(self, req: Request) -> None:
-        parse_options(req.config)
+        from . import hostcheck
+
+        hostcheck.require(hostcheck.firewall_problems(parse_options(req.config).backend))
 
     def gc(self, req: Request) -> None:
         firewall.gc(req.config["name"], valid_attachments(req.config))

@@ -17,7 +17,7 @@ _LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aar
              "/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
 
 
-def _find_dirs() -> tuple[str | None, str | None]:
+def find_dirs() -> tuple[str | None, str | None]:
     libdir = next((d for d in _LIB_DIRS if os.path.exists(os.path.join(d, "libip4tc.so.2"))), None)
     xtdir = next((os.path.join(d, "xtables") for d in _LIB_DIRS
                   if os.path.exists(os.path.join(d, "xtables", "libxt_comment.so"))), None)
@@ -41,7 +41,7 @@ def _fast_find_library(libdir: str | None):
 def load():
     if "iptc" in sys.modules:
         return sys.modules["iptc"]
-    libdir, xtdir = _find_dirs()
+    libdir, xtdir = find_dirs()
     if libdir:
         os.environ.setdefault("IPTABLES_LIBDIR", libdir)
         so = [e for e in os.listdir(libdir) if e.startswith("libxtables.so.") and e.count(".") == 2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 
 PREFIX = "pycnit-"
-BIN = Path(sys.executable).parent
+# PYCNI_BIN_DIR runs these tests against another build of the executables (e.g. dist/pycni)
+BIN = Path(os.environ.get("PYCNI_BIN_DIR") or Path(sys.executable).parent).resolve()
 REFERENCE_DIR = Path("/usr/lib/cni")
+IP = shutil.which("ip") or "/usr/sbin/ip"   # absolute: a test may run the plugin with another PATH
 _counter = itertools.count()
 
 
@@ -101,7 +104,7 @@ class Node:
                  PYCNI_HELPER_SOCKET=str(self.tmp / "helper.sock"))   # no helper unless a test starts one
         e.update(env or {})
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        proc = subprocess.run(["ip", "netns", "exec", self.name, str(exe)], input=stdin, env=e,
+        proc = subprocess.run([IP, "netns", "exec", self.name, str(exe)], input=stdin, env=e,
                               capture_output=True)
         text = proc.stdout.decode()
         assert "Traceback" not in text

@@ -322,3 +322,18 @@ def test_vlan_is_applied_or_clearly_unsupported(node):
         assert res.code == 2 and "VLAN filtering" in res.out["details"]
         assert node.reservations("testnet") == []
         assert not [link for link in node.links() if link.startswith("veth")]
+
+
+def test_status_names_missing_host_programs(node, tmp_path):
+    """STATUS says what the host lacks before a pod needs it: here `nft` is not on PATH."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    masq = netconf(node, "1.1.0", ipMasq=True, ipMasqBackend="nftables")
+    assert node.pycni("STATUS", masq).rc == 0
+    st = node.pycni("STATUS", masq, env={"PATH": str(empty)})
+    assert st.code == 50 and "`nft` program is not in PATH" in st.out["details"]
+    # without masquerade or port mapping nothing needs nft
+    assert node.pycni("STATUS", netconf(node, "1.1.0"), env={"PATH": str(empty)}).rc == 0
+    portmap = {"cniVersion": "1.1.0", "name": "testnet", "type": "pycni-portmap", "backend": "nftables"}
+    st = node.run(BIN / "pycni-portmap", "STATUS", portmap, env={"PATH": str(empty)})
+    assert st.code == 50 and "nftables" in st.out["details"]

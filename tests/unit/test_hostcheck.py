@@ -1,0 +1,67 @@
+"""STATUS checks of what the host must provide (cni.hostcheck), with the probes faked."""
+
+import subprocess
+
+import pytest
+
+from cni import hostcheck
+from cni.errors import NotAvailable
+from cni.firewall import iptc_loader
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """A host where everything is present; tests take pieces away."""
+    state = {"nft": "/usr/sbin/nft", "nft_rc": 0, "dirs": ("/usr/lib", "/usr/lib/xtables"),
+             "missing": set()}
+    monkeypatch.setattr(hostcheck.shutil, "which", lambda name: state["nft"] if name == "nft" else None)
+    monkeypatch.setattr(hostcheck.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, state["nft_rc"], b"", b"Error: Could not process rule: Operation not supported"))
+    monkeypatch.setattr(iptc_loader, "find_dirs", lambda: state["dirs"])
+    real_exists, real_isdir = hostcheck.os.path.exists, hostcheck.os.path.isdir
+    monkeypatch.setattr(hostcheck.os.path, "exists",
+                        lambda p: p not in state["missing"] and real_exists(p))
+    monkeypatch.setattr(hostcheck.os.path, "isdir", lambda p: p not in state["missing"] and real_isdir(p))
+    return state
+
+
+def test_everything_present(host):
+    assert hostcheck.kernel_problems(ipv6=True) == []
+    for backend in ("auto", "nftables", "iptables"):
+        assert hostcheck.firewall_problems(backend) == []
+    hostcheck.require([])
+
+
+def test_missing_nft_program(host):
+    host["nft"] = None
+    assert "`nft` program is not in PATH" in hostcheck.firewall_problems("nftables")[0]
+    assert hostcheck.firewall_problems("auto") == []          # iptables is there
+
+
+def test_nft_without_kernel_support(host):
+    host["nft_rc"] = 1
+    (problem,) = hostcheck.firewall_problems("nftables")
+    assert "nf_tables in the kernel" in problem and "Operation not supported" in problem
+
+
+def test_missing_iptables_libraries(host):
+    host["dirs"] = (None, None)
+    host["missing"].add("/proc/net/ip_tables_names")
+    problems = hostcheck.firewall_problems("iptables")
+    assert len(problems) == 3 and "apt install iptables" in problems[0]
+
+
+def test_auto_needs_one_backend(host):
+    host["nft"] = None
+    host["dirs"] = (None, None)
+    problems = hostcheck.firewall_problems("auto")
+    assert problems[0].startswith("no firewall backend is usable")
+    with pytest.raises(NotAvailable) as e:
+        hostcheck.require(problems)
+    assert e.value.code == 50 and "apt install nftables" in e.value.details
+
+
+def test_ipv6_disabled(host):
+    host["missing"].add("/proc/sys/net/ipv6")
+    assert hostcheck.kernel_problems(ipv6=False) == []
+    assert "IPv6 is disabled" in hostcheck.kernel_problems(ipv6=True)[0]

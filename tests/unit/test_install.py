@@ -1,0 +1,137 @@
+"""`pycni install`: atomic binary and conflist installation (cni.install), on fake builds."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from cni import install
+from cni.errors import CNIError, InvalidConfig
+
+
+def fake_build(root: Path, tag: str) -> Path:
+    """A stand-in for dist/pycni: an executable that prints its tag, and an _internal dir."""
+    b = root / f"build-{tag}"
+    (b / "_internal" / "lib").mkdir(parents=True)
+    (b / "_internal" / "lib" / "libfake.so").write_text(tag)
+    exe = b / "pycni"
+    exe.write_text(f"#!/bin/sh\necho {tag} $(basename $0)\n")
+    exe.chmod(0o755)
+    return b
+
+
+def test_install_layout_and_names(tmp_path):
+    b = fake_build(tmp_path, "one")
+    bin_dir = tmp_path / "bin"
+    install.install_binaries(b, bin_dir)
+    build = install.bundle_id(b)
+    for name in install.NAMES:
+        assert os.readlink(bin_dir / name) == f".pycni/{build}/pycni"
+        out = subprocess.run([bin_dir / name], capture_output=True, text=True).stdout.split()
+        assert out == ["one", name]
+    assert (bin_dir / ".pycni" / build / "_internal" / "lib" / "libfake.so").read_text() == "one"
+    assert sorted(p.name for p in bin_dir.iterdir()) == [".pycni", *install.NAMES]
+
+
+def test_same_build_same_id_and_no_copy(tmp_path):
+    b = fake_build(tmp_path, "one")
+    bin_dir = tmp_path / "bin"
+    install.install_binaries(b, bin_dir)
+    install.install_binaries(b, bin_dir)
+    assert [p.name for p in (bin_dir / ".pycni").iterdir()] == [install.bundle_id(b)]
+
+
+def test_previous_build_kept_older_removed(tmp_path):
+    bin_dir = tmp_path / "bin"
+    ids = []
+    for tag in ("one", "two", "three"):
+        b = fake_build(tmp_path, tag)
+        install.install_binaries(b, bin_dir)
+        ids.append(install.bundle_id(b))
+    assert len(set(ids)) == 3
+    assert sorted(p.name for p in (bin_dir / ".pycni").iterdir()) == sorted(ids[1:])
+
+
+def test_replaces_a_plain_file(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pycni").write_text("old one-file build")
+    install.install_binaries(fake_build(tmp_path, "one"), bin_dir)
+    assert (bin_dir / "pycni").is_symlink()
+
+
+def test_exec_never_fails_while_builds_are_swapped(tmp_path):
+    """A runtime exec'ing the plugin during upgrades sees the old or the new build, nothing else."""
+    bin_dir = tmp_path / "bin"
+    builds = [fake_build(tmp_path, t) for t in ("one", "two")]
+    install.install_binaries(builds[0], bin_dir)
+    failures, seen, stop = [], set(), threading.Event()
+
+    def runtime():
+        while not stop.is_set():
+            p = subprocess.run([bin_dir / "pycni-ipam"], capture_output=True, text=True)
+            if p.returncode != 0:
+                failures.append(p.stderr)
+            else:
+                seen.add(p.stdout.split()[0])
+
+    t = threading.Thread(target=runtime)
+    t.start()
+    try:
+        for i in range(60):
+            install.install_binaries(builds[i % 2], bin_dir)
+    finally:
+        stop.set()
+        t.join()
+    assert failures == [] and seen <= {"one", "two"} and seen
+
+
+def test_not_a_build(tmp_path):
+    with pytest.raises(InvalidConfig):
+        install.install_binaries(tmp_path, tmp_path / "bin")
+    with pytest.raises(CNIError, match="self-contained build"):
+        install.main(str(tmp_path / "bin"), str(tmp_path / "net.d"), None, None, None)
+
+
+CONFLIST = {"cniVersion": "1.0.0", "name": "pods", "plugins": [
+    {"type": "pycni", "bridge": "cni0", "ipam": {"type": "pycni-ipam", "subnet": "10.1.0.0/24"}},
+    {"type": "pycni-portmap", "capabilities": {"portMappings": True}}]}
+
+
+def test_conflist_written_atomically_with_conflist_name(tmp_path):
+    src = tmp_path / "10-pods.yaml"
+    import yaml
+
+    src.write_text(yaml.safe_dump(CONFLIST))
+    out = install.main(str(tmp_path / "bin"), str(tmp_path / "net.d"), str(src),
+                       str(fake_build(tmp_path, "one")), None)
+    assert out[1].endswith("net.d/10-pods.conflist")
+    assert [p.name for p in (tmp_path / "net.d").iterdir()] == ["10-pods.conflist"]
+    assert json.loads((tmp_path / "net.d" / "10-pods.conflist").read_text()) == CONFLIST
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({**CONFLIST, "cniVersion": "9.9.9"}, "cniVersion"),
+    ({**CONFLIST, "name": ""}, "name"),
+    ({**CONFLIST, "plugins": [{"bridge": "x"}]}, "type"),
+    ({**CONFLIST, "plugins": [{"type": "pycni", "mtu": "big", "ipam": {}}]}, "mtu"),
+    ({**CONFLIST, "plugins": [{"type": "pycni-portmap", "backend": "pf"}]}, "backend"),
+])
+def test_bad_conflist_changes_nothing(tmp_path, bad, why):
+    src = tmp_path / "10-bad.conflist"
+    src.write_text(json.dumps(bad))
+    with pytest.raises(InvalidConfig) as e:
+        install.main(str(tmp_path / "bin"), str(tmp_path / "net.d"), str(src),
+                     str(fake_build(tmp_path, "one")), None)
+    assert why in (e.value.msg + e.value.details)
+    assert not (tmp_path / "bin").exists() and not (tmp_path / "net.d").exists()
+
+
+def test_conflist_filename():
+    assert install.conflist_filename("/x/10-a.conf") == "10-a.conflist"
+    assert install.conflist_filename("/x/a.yaml", "99-b.conflist") == "99-b.conflist"
+    with pytest.raises(InvalidConfig):
+        install.conflist_filename("/x/.hidden")
