@@ -50,17 +50,20 @@ def artifact() -> Path:
     return dist
 
 
-def host_libraries(paths: list[Path], bundled: Path) -> set[Path]:
-    """Shared libraries the build loads from the host (glibc and friends): what ldd resolves for
-    the executable and every bundled library, outside the bundle."""
-    libs: set[Path] = set()
-    for p in paths:
-        out = subprocess.run(["ldd", str(p)], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            path = next((x for x in parts if x.startswith("/")), None)
-            if path and not Path(path).resolve().is_relative_to(bundled):
-                libs.add(Path(path))
+def host_libraries(exe: Path, bundled: Path) -> set[Path]:
+    """Shared libraries the build loads from the host: the executable's own (the PyInstaller
+    bootloader is loaded by the system loader before any bundled library is known) and, for the
+    bundled libraries, those the bundle does not carry."""
+    inside = {p.name for p in bundled.rglob("*.so*")}
+
+    def deps(binary: Path) -> list[Path]:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+        found = (next((x for x in line.split() if x.startswith("/")), None) for line in out.splitlines())
+        return [Path(p) for p in found if p]
+
+    libs = set(deps(exe))
+    for lib in bundled.rglob("*.so*"):
+        libs.update(p for p in deps(lib) if p.name not in inside)
     return libs
 
 

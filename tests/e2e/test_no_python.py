@@ -32,8 +32,7 @@ def rootfs(tmp_path, artifact) -> Path:
     subprocess.run([artifact / "pycni", "install", "--bin-dir", root / "opt/cni/bin",
                     "--conf-dir", root / "etc/cni/net.d"], check=True, capture_output=True)
     bundle = (root / "opt/cni/bin/pycni").resolve().parent
-    binaries = [bundle / "pycni", *(bundle / "_internal").rglob("*.so*")]
-    for lib in host_libraries(binaries, bundle):
+    for lib in host_libraries(bundle / "pycni", bundle / "_internal"):
         copy_file(lib, root)
     return root
 
