@@ -2,6 +2,7 @@
 """pycni vs the reference chain (bridge + host-local + portmap), same workload, same machine.
 
     sudo .venv/bin/python bench/compare.py [--pods 200] [--concurrent 50] [--growth 10,500]
+                                           [--helper] [--bin-dir dist/pycni]
 
 Runs inside throwaway namespaces (a node namespace it re-executes itself in, pods beside it) and
 drives both as libcni does: the conflist's plugins in order on ADD with prevResult passed on,
@@ -274,10 +275,15 @@ def main() -> None:
     ap.add_argument("--growth", default="10,500")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--helper", action="store_true", help="run pycni through `pycni helper`")
+    ap.add_argument("--bin-dir", help="pycni executables to measure (default: this venv's; "
+                                      "dist/pycni for the self-contained build)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default=f"pycni-cmp-{os.getpid()}")
     args = ap.parse_args()
     args.growth = [int(x) for x in str(args.growth).split(",")]
+    if args.bin_dir:
+        global BIN
+        BIN = Path(args.bin_dir).resolve()
     if args.inside:
         return run_all(args)
     node = f"{args.prefix}-node"
@@ -286,7 +292,8 @@ def main() -> None:
         subprocess.run(["ip", "netns", "exec", node, "ip", "link", "set", "lo", "up"], check=True)
         subprocess.run(["ip", "netns", "exec", node, sys.executable, __file__, "--inside", "--pods", str(args.pods),
                         "--concurrent", str(args.concurrent), "--growth", ",".join(map(str, args.growth)),
-                        "--rounds", str(args.rounds), "--prefix", args.prefix] + (["--helper"] if args.helper else []),
+                        "--rounds", str(args.rounds), "--prefix", args.prefix] + (["--helper"] if args.helper else [])
+                       + (["--bin-dir", str(BIN)] if args.bin_dir else []),
                        check=True)
     finally:
         subprocess.run(["ip", "netns", "del", node], stderr=subprocess.DEVNULL)

@@ -20,6 +20,7 @@ import pytest
 PREFIX = "pycnit-"
 # PYCNI_BIN_DIR runs these tests against another build of the executables (e.g. dist/pycni)
 BIN = Path(os.environ.get("PYCNI_BIN_DIR") or Path(sys.executable).parent).resolve()
+DEV_BIN = not os.environ.get("PYCNI_BIN_DIR")   # the venv's console scripts (Python env vars apply)
 REFERENCE_DIR = Path("/usr/lib/cni")
 IP = shutil.which("ip") or "/usr/sbin/ip"   # absolute: a test may run the plugin with another PATH
 _counter = itertools.count()

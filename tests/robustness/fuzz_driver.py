@@ -102,6 +102,10 @@ def main() -> int:
     from cni.log import log
 
     log.stderr = None       # the summary line is the output; details go to the log file
+    import ipam.config
+
+    # a case that drops or empties "dataDir" must not write into the machine's /var/lib/cni
+    ipam.config.DEFAULT_DATA_DIR = args.data
     counts: Counter = Counter()
     leaks: list[str] = []
     unexpected: list[str] = []
