@@ -242,7 +242,8 @@ def run_all(args) -> None:
     for label, unit, ours, ref, extra in rows:
         ratio = ours / ref if ref else float("nan")
         print(f"| {label} | {ours:.1f} {unit} | {ref:.1f} {unit} | {ratio:.2f} | {extra} |")
-    print("installed artifact (PyInstaller): not built yet (issue 6); rows above use the venv install")
+    kind = "the self-contained build (PyInstaller)" if (BIN / "_internal").is_dir() else "a Python venv install"
+    print(f"pycni executables: {kind}")
 
 
 def floor(netlist: dict, pods: Pods, rounds: int) -> tuple[float, float]:

@@ -34,18 +34,27 @@ def pycni() -> int:
     return cli.main(sys.argv[1:])
 
 
+def _plugin(name: str) -> int:
+    return _serve(name) if "CNI_COMMAND" in os.environ else _about(name)
+
+
 def pycni_ipam() -> int:
-    return _serve("pycni-ipam") if "CNI_COMMAND" in os.environ else _about("pycni-ipam")
+    return _plugin("pycni-ipam")
 
 
 def pycni_portmap() -> int:
-    return _serve("pycni-portmap") if "CNI_COMMAND" in os.environ else _about("pycni-portmap")
+    return _plugin("pycni-portmap")
 
 
-BY_NAME = {"pycni": pycni, "pycni-ipam": pycni_ipam, "pycni-portmap": pycni_portmap}
+def pycni_loopback() -> int:
+    return _plugin("pycni-loopback")
 
 
 def by_name(argv0: str) -> int:
-    """One executable, three names (the frozen build installs pycni-ipam and pycni-portmap as
-    symlinks to pycni): the name a runtime ran decides the plugin. Unknown names act as `pycni`."""
-    return BY_NAME.get(os.path.basename(argv0), pycni)()
+    """One executable, several names (the frozen build installs pycni-ipam, pycni-portmap,
+    pycni-loopback and loopback as symlinks to pycni): the name a runtime ran decides the plugin.
+    Unknown names act as `pycni`."""
+    from .plugins import PLUGINS
+
+    name = os.path.basename(argv0)
+    return _plugin(name) if name in PLUGINS and name != "pycni" else pycni()

@@ -39,3 +39,21 @@ def mapping(conf: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise InvalidConfig(f"invalid {key}", f"{key} must be an object")
     return value
+
+
+def go_keys(obj: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """`names` read from `obj` as Go's encoding/json reads them into a struct: the exact key first,
+    else any key equal ignoring case. Runtimes written in Go send capability args with their own
+    struct field names (containerd's go-cni: {"HostPort": 8080, "ContainerPort": 80, ...}), which
+    the reference plugins accept for exactly this reason."""
+    out = {}
+    for name in names:
+        if name in obj:
+            out[name] = obj[name]
+            continue
+        folded = name.casefold()
+        for key, value in obj.items():
+            if isinstance(key, str) and key.casefold() == folded:
+                out[name] = value
+                break
+    return out

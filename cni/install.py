@@ -5,7 +5,8 @@ Layout in the bin dir (one-directory build, see README):
 
     BIN/.pycni/<version>-<digest>/pycni        the executable
     BIN/.pycni/<version>-<digest>/_internal/   Python and the libraries it loads
-    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap  ->  .pycni/<version>-<digest>/pycni
+    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-loopback  ->  .pycni/<id>/pycni
+    BIN/loopback  ->  the same, unless BIN already has a loopback plugin of its own
 
 A new version is copied to a temporary directory and renamed into place; each name in BIN is then
 switched with a symlink written under a temporary name and renamed over the old one (rename is
@@ -30,7 +31,8 @@ from typing import Any, Mapping
 from . import __version__
 from .errors import CNIError, InvalidConfig
 
-NAMES = ("pycni", "pycni-ipam", "pycni-portmap")
+NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-loopback")
+LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed only where none is
 STORE = ".pycni"
 EXE = "pycni"
 KEEP = 2                     # the installed build and the one before it
@@ -75,7 +77,7 @@ def _check_bundle(bundle: Path) -> None:
                                                  "(build one with `make build`)")
 
 
-def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES) -> Path:
+def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES + (LOOPBACK,)) -> Path:
     """Install `bundle` (a dist/pycni directory) into `bin_dir`; returns the installed executable."""
     _check_bundle(bundle)
     store = bin_dir / STORE
@@ -95,13 +97,20 @@ def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES
             shutil.rmtree(tmp, ignore_errors=True)   # a concurrent installer put the same build there
             if not (target / EXE).is_file():
                 raise
-    previous = {_link_build(bin_dir / n) for n in names} - {None, build}
+    ours = [n for n in names if n != LOOPBACK]
+    if LOOPBACK in names and _ours_or_absent(bin_dir / LOOPBACK):
+        ours.append(LOOPBACK)
+    previous = {_link_build(bin_dir / n) for n in ours} - {None, build}
     relative = f"{STORE}/{build}/{EXE}"
-    for name in names:
+    for name in ours:
         _replace_symlink(bin_dir / name, relative)
     _fsync_dir(bin_dir)
     _prune(store, keep={build, *previous})
     return bin_dir / names[0]
+
+
+def _ours_or_absent(path: Path) -> bool:
+    return not os.path.lexists(path) or _link_build(path) is not None
 
 
 def _link_build(link: Path) -> str | None:
@@ -227,7 +236,10 @@ def main(bin_dir: str, conf_dir: str, conflist: str | None, source: str | None,
         conf = load_conflist(conflist)
         validate_conflist(conf)          # before the binaries: a bad conflist changes nothing
     exe = install_binaries(bundle.resolve(), Path(bin_dir))
-    done.append(f"{exe} -> {os.readlink(exe)} (also {', '.join(NAMES[1:])})")
+    also = [n for n in NAMES[1:] + (LOOPBACK,) if _link_build(Path(bin_dir) / n)]
+    done.append(f"{exe} -> {os.readlink(exe)} (also {', '.join(also)})")
+    if LOOPBACK not in also:
+        done.append(f"kept {Path(bin_dir) / LOOPBACK}: it is another vendor's loopback plugin")
     if conf is not None:
         done.append(str(install_conflist(conf, Path(conf_dir), conflist_filename(conflist, conf_name))))
     return done

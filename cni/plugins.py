@@ -1,4 +1,4 @@
-"""The three plugins this package ships, by executable name, and the one way to run one in process.
+"""The plugins this package ships, by executable name, and the one way to run one in process.
 
 Used by the console scripts (`cni.entry`), by the helper's forked children and by the helper
 client's fallback, so every path serves a call the same way.
@@ -27,12 +27,21 @@ def _portmap() -> Any:
     return PortmapPlugin()
 
 
-PLUGINS: dict[str, Callable[[], Any]] = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap}
+def _loopback() -> Any:
+    from .loopback_plugin import LoopbackPlugin
+
+    return LoopbackPlugin()
+
+
+PLUGINS: dict[str, Callable[[], Any]] = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap,
+                                         "pycni-loopback": _loopback, "loopback": _loopback}
 
 ABOUT = {
     "pycni": "bridge CNI plugin",
     "pycni-ipam": "file-backed CNI IPAM plugin (host-local layout)",
     "pycni-portmap": "port mapping CNI plugin (chained)",
+    "pycni-loopback": "loopback CNI plugin (brings the pod's lo up)",
+    "loopback": "loopback CNI plugin (pycni's; brings the pod's lo up)",
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import InvalidConfig
-from .fields import flag, integer
+from .fields import flag, go_keys, integer
 from .result import IPAddress
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -58,6 +58,7 @@ def parse_mappings(raw: Any) -> tuple[PortMapping, ...]:
     for m in raw:
         if not isinstance(m, dict):
             raise InvalidConfig("invalid port mapping", repr(m)[:200])
+        m = go_keys(m, ("hostPort", "containerPort", "protocol", "hostIP"))
         proto = m.get("protocol") or "tcp"
         if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
             raise InvalidConfig("invalid port mapping", f"protocol {proto!r} (tcp, udp or sctp)")

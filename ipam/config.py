@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from cni.errors import InvalidConfig, InvalidEnvironment
+from cni.fields import go_keys
 from cni.result import DNS, IPAddress, IPNetwork, Route, parse_route
 from cni.errors import DecodeFailure
 
@@ -83,6 +84,7 @@ def _ip(value: Any, what: str) -> IPAddress:
 def parse_range(d: Any) -> Range:
     if not isinstance(d, dict):
         raise _err("invalid range", repr(d))
+    d = go_keys(d, ("subnet", "rangeStart", "rangeEnd", "gateway"))   # ipRanges from Go runtimes
     raw = d.get("subnet")
     if not isinstance(raw, str) or not raw:
         raise _err("invalid range", "a range needs a \"subnet\"")

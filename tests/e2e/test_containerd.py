@@ -1,10 +1,13 @@
 """containerd + runc run containers with pycni as their network (the artifact from dist/pycni).
 
-containerd runs in the node namespace and a private mount namespace (see Sandbox). Its CRI `cni`
-section names our bin and conf dirs; `ctr run --cni` (the client that calls CNI here) always uses
-/opt/cni/bin and /etc/cni/net.d, so the same dirs are bind-mounted there. The image is built from
-Debian's busybox-static by build/oci_image.py and imported: no registry is involved.
-`ctr run` (not --detach) runs CNI DEL when its task ends, so containers are stopped by killing the task.
+containerd runs in the node namespace and a private mount namespace (see Sandbox). Two clients:
+  - its CRI plugin, driven the way the kubelet does (tests/e2e/cri.py): pod sandboxes, port
+    mappings as capability args, the plugin found through the CRI `cni` section (our bin and conf
+    dirs, max_conf_num = 1);
+  - `ctr run --cni`, which calls CNI itself, always from /opt/cni/bin and /etc/cni/net.d (so our
+    dirs are bind-mounted there) and never with capability args. `ctr run` (not --detach) runs
+    CNI DEL when its task ends, so those containers are stopped by killing the task.
+Images are built from Debian's busybox-static by build/oci_image.py and imported: no registry.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import sh, node  # noqa: F401  (fixture)
+from tests.e2e.test_podman import client  # noqa: F401  (fixture)
 
 from .conftest import ROOT, Sandbox, busybox_rootfs, have, pids_with, wait_for
+from .cri import CRI, TCP
 
 IMAGE = "localhost/pycni-e2e/busybox:1"
+PAUSE = "localhost/pycni-e2e/pause:1"       # the CRI sandbox image: busybox httpd serving /www
 NAMESPACE = "pycni-e2e"
 SUBNET = "10.66.0.0/24"
 
@@ -31,12 +37,16 @@ pytestmark = pytest.mark.skipif(not have("containerd", "ctr", "runc"),
 
 
 @pytest.fixture(scope="session")
-def busybox_image(tmp_path_factory) -> Path:
+def images(tmp_path_factory) -> list[Path]:
     tmp = tmp_path_factory.mktemp("image")
     rootfs = busybox_rootfs(tmp / "rootfs")
-    out = tmp / "busybox.oci.tar"
-    subprocess.run([sys.executable, str(ROOT / "build" / "oci_image.py"), str(out), "--rootfs",
-                    str(rootfs), "--name", IMAGE, "--cmd", '["/bin/sh"]'], check=True, capture_output=True)
+    out = []
+    for name, args in ((IMAGE, ["--cmd", '["/bin/sh"]']),
+                       (PAUSE, ["--entrypoint", '["/bin/httpd", "-f", "-p", "80", "-h", "/www"]'])):
+        path = tmp / (name.rsplit("/", 1)[1].replace(":", "-") + ".oci.tar")
+        subprocess.run([sys.executable, str(ROOT / "build" / "oci_image.py"), str(path), "--rootfs",
+                        str(rootfs), "--name", name, *args], check=True, capture_output=True)
+        out.append(path)
     return out
 
 
@@ -65,6 +75,7 @@ state = "{tmp}/state"
   address = "{self.sock}"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
+  sandbox_image = "{PAUSE}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{self.bin}"
     conf_dir = "{self.conf}"
@@ -113,10 +124,11 @@ state = "{tmp}/state"
 
 
 @pytest.fixture
-def containerd(node, tmp_path, artifact, busybox_image):
+def containerd(node, tmp_path, artifact, images):
     c = Containerd(node, tmp_path, artifact)
     try:
-        c.ctr("images", "import", str(busybox_image))
+        c.ctr("images", "import", str(images[0]))
+        c.box.enter("ctr", "-a", str(c.sock), "-n", "k8s.io", "images", "import", str(images[1]))
         yield c
     finally:
         c.close()
@@ -165,3 +177,41 @@ def test_containerd_cri_loads_our_conflist(containerd):
     assert f"NetworkPluginBinDir:{containerd.bin}" in log
     assert f"NetworkPluginConfDir:{containerd.conf} NetworkPluginMaxConfNum:1" in log
     assert "failed to load cni" not in log.lower()
+
+
+def test_cri_pods_with_host_port(containerd, node, client):
+    """The kubelet's path: CRI RunPodSandbox -> containerd -> pycni from the CRI `cni` dirs, with
+    the pod's hostPort as a capability arg; StopPodSandbox -> DEL."""
+    c = containerd
+    cri = CRI(str(c.sock))
+    try:
+        ready = wait_for(lambda: cri.conditions().get("NetworkReady", (False, ""))[0] or None,
+                         what="CRI NetworkReady (our conflist loaded)")
+        assert ready
+        pod1 = cri.run_pod("web-a", "uid-a", ports=[(TCP, 80, 8088)])
+        pod2 = cri.run_pod("web-b", "uid-b")
+        (ip1,), (ip2,) = cri.pod_ips(pod1), cri.pod_ips(pod2)
+        assert ip1 != ip2 and ip1.startswith("10.66.0.") and ip2.startswith("10.66.0.")
+        assert (c.ipam / "e2e" / ip1).read_text().splitlines()[0] == pod1
+        want = "hello from a pod on pycni"
+        assert want in sh("curl", "-s", "-m", "5", f"http://{ip2}/", ns=node.name)
+        # the host port, from a machine beside the node and from the node itself
+        assert want in wait_for(lambda: subprocess.run(
+            ["ip", "netns", "exec", client, "curl", "-s", "-m", "3", "http://10.250.0.1:8088/"],
+            capture_output=True, text=True).stdout, what="hostPort 8088")
+        assert want in sh("curl", "-s", "-m", "5", "http://127.0.0.1:8088/", ns=node.name)
+
+        cri.stop_pod(pod1)
+        cri.remove_pod(pod1)
+        assert not (c.ipam / "e2e" / ip1).exists() and (c.ipam / "e2e" / ip2).exists()
+        assert "8088" not in sh("nft", "list", "table", "inet", "pycni", ns=node.name)
+        assert node.sh("ip", "-o", "link", "show", "master", "pycni0").count("\n") == 1
+        cri.stop_pod(pod2)
+        cri.stop_pod(pod2)             # the kubelet may stop twice: DEL is idempotent
+        cri.remove_pod(pod2)
+        assert not (c.ipam / "e2e" / ip2).exists()
+        assert node.sh("ip", "-o", "link", "show", "master", "pycni0").strip() == ""
+        log = (c.tmp / "pycni.log").read_text()
+        assert "ERROR" not in log and f"ADD {pod1[:12]}/eth0" in log
+    finally:
+        cri.close()

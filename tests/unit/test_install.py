@@ -33,7 +33,8 @@ def test_install_layout_and_names(tmp_path):
         out = subprocess.run([bin_dir / name], capture_output=True, text=True).stdout.split()
         assert out == ["one", name]
     assert (bin_dir / ".pycni" / build / "_internal" / "lib" / "libfake.so").read_text() == "one"
-    assert sorted(p.name for p in bin_dir.iterdir()) == [".pycni", *install.NAMES]
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted([".pycni", "loopback", *install.NAMES])
+    assert os.readlink(bin_dir / "loopback") == f".pycni/{build}/pycni"
 
 
 def test_same_build_same_id_and_no_copy(tmp_path):
@@ -61,6 +62,15 @@ def test_replaces_a_plain_file(tmp_path):
     (bin_dir / "pycni").write_text("old one-file build")
     install.install_binaries(fake_build(tmp_path, "one"), bin_dir)
     assert (bin_dir / "pycni").is_symlink()
+
+
+def test_another_vendors_loopback_is_kept(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "loopback").write_text("the reference plugins' loopback")
+    out = install.main(str(bin_dir), str(tmp_path / "net.d"), None, str(fake_build(tmp_path, "one")), None)
+    assert (bin_dir / "loopback").read_text() == "the reference plugins' loopback"
+    assert "kept" in out[-1] and (bin_dir / "pycni-loopback").is_symlink()
 
 
 def test_exec_never_fails_while_builds_are_swapped(tmp_path):
