@@ -1,6 +1,8 @@
-.PHONY: build test clean
+.PHONY: build image test clean
 build:
 	bash build/build.sh
+image:
+	bash build/image.sh
 test:
 	bash scripts/test.sh
 clean:

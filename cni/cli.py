@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--conf-name", help="file name in --conf-dir (default: the conflist's own name)")
     ins.add_argument("--from", dest="source", metavar="DIR",
                      help="the build to install (default: the one this pycni runs from)")
+    ag = sub.add_parser("agent", help="node agent of a Kubernetes cluster (the DaemonSet's process)")
+    from .agent.main import add_arguments
+
+    add_arguments(ag)
     hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
     hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
     return p
@@ -57,6 +61,10 @@ def main(argv: list[str]) -> int:
         from .helper import serve
 
         return serve(args.socket)
+    if args.cmd == "agent":
+        from .agent.main import run
+
+        return run(args)
     if args.cmd == "install":
         from .install import main as install
 

@@ -25,7 +25,8 @@ NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+NLM_F_REPLACE = 0x100
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -237,6 +238,21 @@ class Rtnl:
                       {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
                        "table": table if table is not None and table <= 255 else RT_TABLE_MAIN,
                        "proto": RTPROT_STATIC, "scope": scope, "type": RTN_UNICAST, "flags": 0}, attrs)
+
+    def replace_route(self, family: int, dst: str, dst_len: int, gateway: str, proto: int) -> None:
+        """Create or replace the main-table route to dst/dst_len via `gateway` (the kernel picks
+        the interface), marked with routing protocol `proto` so its owner can find it again."""
+        self._request(rtmsg, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                      {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
+                       "table": RT_TABLE_MAIN, "proto": proto, "scope": RT_SCOPE_UNIVERSE,
+                       "type": RTN_UNICAST, "flags": 0},
+                      [("RTA_DST", dst), ("RTA_GATEWAY", gateway)])
+
+    def delete_route(self, family: int, dst: str, dst_len: int, proto: int) -> None:
+        self._request(rtmsg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK,
+                      {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
+                       "table": RT_TABLE_MAIN, "proto": proto, "scope": RT_SCOPE_UNIVERSE,
+                       "type": RTN_UNICAST, "flags": 0}, [("RTA_DST", dst)])
 
     def routes(self, family: int) -> list:
         return self._request(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, {"family": family}, [])
