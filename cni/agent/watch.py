@@ -15,8 +15,12 @@ RESYNC_SECONDS = 300       # the watch is re-opened (and everything re-synced) a
 
 def follow(on_change: Callable[[list[NodeInfo]], None], kubeconfig: str | None = None,
            stop: Callable[[], bool] = lambda: False) -> None:
-    from kubernetes import client, config, watch
-    from kubernetes.client.exceptions import ApiException
+    try:
+        from kubernetes import client, config, watch
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:
+        raise SystemExit("pycni agent: this build has no Kubernetes client; run pycni-agent (the "
+                         "DaemonSet image) or install pycni[agent], or pass --nodes-file") from None
 
     if kubeconfig:
         config.load_kube_config(kubeconfig)
