@@ -5,7 +5,6 @@ cached for DEL and CHECK). This is our stand-in for cnitool: the demo and the te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -52,7 +51,9 @@ def load_conflist(path: str) -> dict:
 
 
 def default_container_id(netns: str) -> str:
-    return hashlib.sha256(netns.encode()).hexdigest()
+    from .names import sha256_hex
+
+    return sha256_hex(netns)
 
 
 def plugin_config(netlist: Mapping, plugin: Mapping, capability_args: Mapping[str, Any],

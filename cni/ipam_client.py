@@ -9,7 +9,6 @@ from typing import Iterable
 
 from . import result
 from .config import NetConf
-from .delegate import exec_plugin
 from .errors import CNIError, DecodeFailure
 from .result import IPAddress, Result
 from .skel import Request
@@ -22,6 +21,8 @@ def _ipam_config(conf: NetConf, req: Request):
 
 
 def _run(conf: NetConf, req: Request, command: str) -> dict | None:
+    from .delegate import exec_plugin      # subprocess only when the IPAM is another program
+
     return exec_plugin(conf.ipam_type, command, req.env, req.path, req.raw_config)
 
 

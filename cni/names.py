@@ -6,7 +6,6 @@ Derived names are pure functions of (network, container id, ifname), so DEL and 
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from .errors import InvalidConfig, InvalidEnvironment, UnknownContainer
@@ -14,6 +13,19 @@ from .errors import InvalidConfig, InvalidEnvironment, UnknownContainer
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 MAX_ID_LEN = 1024
 IFNAMSIZ = 15
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of `text`, hex. CPython's built-in implementation: `hashlib` would first load
+    OpenSSL's libcrypto through `_hashlib`, about 9 ms of every plugin process's start."""
+    try:
+        from _sha256 import sha256          # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256        # CPython >= 3.12
+        except ImportError:
+            from hashlib import sha256
+    return sha256(text.encode()).hexdigest()
 
 
 def validate_container_id(cid: str) -> None:
@@ -54,7 +66,7 @@ def validate_network_name(name: object) -> str:
 
 
 def attachment_hash(network: str, container_id: str, ifname: str) -> str:
-    return hashlib.sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
+    return sha256_hex(f"{network}/{container_id}/{ifname}")
 
 
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:

@@ -162,9 +162,9 @@ class DiskStore:
     # ---------------------------------------------------------- the attachment index
 
     def _index_path(self, container_id: str, ifname: str) -> str:
-        import hashlib
+        from cni.names import sha256_hex
 
-        h = hashlib.sha256(f"{container_id}\r\n{ifname}".encode()).hexdigest()[:32]
+        h = sha256_hex(f"{container_id}\r\n{ifname}")[:32]
         return os.path.join(self.dir, INDEX_DIR, h)
 
     def _holder_of(self, ip: IPAddress) -> tuple[str, str] | None:

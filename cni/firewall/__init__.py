@@ -10,7 +10,6 @@ have been set up under the other. python-iptables is imported only on the iptabl
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -51,7 +50,7 @@ class FirewallSpec:
 
 
 def network_hash(network: str) -> str:
-    return hashlib.sha256(network.encode()).hexdigest()[:8]
+    return names.sha256_hex(network)[:8]
 
 
 def legacy_tables(family: int = 4) -> set[str]:
