@@ -17,7 +17,7 @@ IFNAMSIZ = 15
 
 def sha256_hex(text: str) -> str:
     """SHA-256 of `text`, hex. CPython's built-in implementation: `hashlib` would first load
-    OpenSSL's libcrypto through `_hashlib`, about 9 ms of every plugin process's start."""
+X
     try:
         from _sha256 import sha256          # CPython <= 3.11
     except ImportError:

@@ -166,6 +166,6 @@ def test_sha256_without_openssl_matches_hashlib():
 
     for text in ("", "net/c1/eth0", "ünïcode/😀"):
         assert sha256_hex(text) == hashlib.sha256(text.encode()).hexdigest()
-    # the plugin's names never load OpenSSL (about 9 ms of every process start)
+    # the plugin's names never load OpenSSL (2-3 ms of every process start)
     code = "import sys, cni.names; cni.names.attachment_hash('n', 'c', 'eth0'); print('_hashlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
