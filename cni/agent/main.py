@@ -6,11 +6,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 from ..log import log
 from . import host
-from .nodes import Options, desired, parse_node_list
+from .nodes import Desired, Options, desired, parse_node_list
 
 
 def add_arguments(p) -> None:
@@ -32,6 +34,29 @@ def add_arguments(p) -> None:
     p.add_argument("--no-masquerade", action="store_true")
 
 
+class Syncer:
+    """Called with the full node list after every list or watch event. Most events (status and
+    label updates) change nothing of ours: the node is only touched when the desired state changed
+    or the last sync is older than `every` seconds (which also repairs drift, e.g. a flushed table)."""
+
+    def __init__(self, node_name: str, opts: Options, apply: Callable[[Desired], dict],
+                 clock: Callable[[], float] = time.monotonic, every: float = 60.0):
+        self.node_name, self.opts, self.apply, self.clock, self.every = node_name, opts, apply, clock, every
+        self.last: Desired | None = None
+        self.at = 0.0
+
+    def __call__(self, nodes: list) -> dict | None:
+        state = desired(self.node_name, nodes, self.opts)
+        if state == self.last and self.clock() - self.at < self.every:
+            return None
+        done = self.apply(state)
+        self.last, self.at = state, self.clock()
+        print(f"agent: {len(nodes)} nodes, conflist {'written' if done['conflist'] else 'unchanged'}, "
+              f"routes +{done['routes'][0]} -{done['routes'][1]}, "
+              f"pod networks {', '.join(map(str, state.pod_networks)) or '-'}", flush=True)
+        return done
+
+
 def run(args) -> int:
     if not args.node_name:
         log.error("agent: --node-name or $NODE_NAME is required")
@@ -44,12 +69,7 @@ def run(args) -> int:
     _install(args)
     conf_dir = Path(args.conf_dir)
 
-    def on_change(nodes) -> None:
-        state = desired(args.node_name, nodes, opts)
-        done = host.apply(state, conf_dir, args.conf_name)
-        print(f"agent: {len(nodes)} nodes, conflist {'written' if done['conflist'] else 'unchanged'}, "
-              f"routes +{done['routes'][0]} -{done['routes'][1]}, "
-              f"pod networks {', '.join(map(str, state.pod_networks)) or '-'}", flush=True)
+    on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name))
 
     if args.nodes_file:
         with open(args.nodes_file, encoding="utf-8") as f:

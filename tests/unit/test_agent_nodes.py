@@ -101,3 +101,20 @@ def test_the_per_pod_path_never_imports_the_kubernetes_client():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_syncer_skips_events_that_change_nothing_of_ours():
+    from cni.agent.main import Syncer
+
+    now = [0.0]
+    applied = []
+    sync = Syncer("kind-worker", Options(), lambda s: applied.append(s) or {"conflist": False, "routes": (0, 0)},
+                  clock=lambda: now[0], every=60)
+    nodes = parse_node_list(NODES)
+    assert sync(nodes) is not None and len(applied) == 1
+    now[0] = 10
+    assert sync(nodes) is None and len(applied) == 1            # a heartbeat: nothing changed
+    gone = [n for n in nodes if n.name != "kind-worker2"]
+    assert sync(gone) is not None and len(applied) == 2        # a node left: routes change
+    now[0] = 100
+    assert sync(gone) is not None and len(applied) == 3        # periodic resync repairs drift
