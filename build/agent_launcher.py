@@ -1,13 +1,11 @@
 """PyInstaller entry script of `pycni-agent`, the DaemonSet's process: `pycni agent` with the
 Kubernetes client bundled (the plugin build stays without it)."""
 
-import os
 import sys
 
-if "LD_LIBRARY_PATH_ORIG" in os.environ:          # programs we start (nft) use the host's libraries
-    os.environ["LD_LIBRARY_PATH"] = os.environ.pop("LD_LIBRARY_PATH_ORIG")
-else:
-    os.environ.pop("LD_LIBRARY_PATH", None)
+from cni.entry import use_host_libraries
+
+use_host_libraries()
 
 from cni.cli import main  # noqa: E402
 

@@ -1,15 +1,9 @@
-"""PyInstaller entry script: the one frozen executable behind pycni, pycni-ipam and pycni-portmap."""
+"""PyInstaller entry script: the one frozen executable behind pycni, pycni-ipam, pycni-portmap
+and the loopback plugin (the name it is run as decides)."""
 
-import os
 import sys
 
-# The bootloader points LD_LIBRARY_PATH at the bundled libraries; programs we start (nft, a
-# delegated IPAM plugin, ...) are the host's and must load the host's libraries.
-if "LD_LIBRARY_PATH_ORIG" in os.environ:
-    os.environ["LD_LIBRARY_PATH"] = os.environ.pop("LD_LIBRARY_PATH_ORIG")
-else:
-    os.environ.pop("LD_LIBRARY_PATH", None)
+from cni.entry import by_name, use_host_libraries
 
-from cni.entry import by_name  # noqa: E402
-
+use_host_libraries()
 sys.exit(by_name(sys.argv[0]))

@@ -7,6 +7,16 @@ import os
 import sys
 
 
+def use_host_libraries() -> None:
+    """In a PyInstaller build the bootloader points LD_LIBRARY_PATH at the bundled libraries;
+    programs we start (nft, a delegated plugin) are the host's and must load the host's. Called by
+    the build's launchers (build/launcher.py, build/agent_launcher.py) before anything else."""
+    if "LD_LIBRARY_PATH_ORIG" in os.environ:
+        os.environ["LD_LIBRARY_PATH"] = os.environ.pop("LD_LIBRARY_PATH_ORIG")
+    else:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+
+
 def _serve(name: str) -> int:
     from .helper_client import forward
 

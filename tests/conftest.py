@@ -1,8 +1,22 @@
-"""Keep every log line of the test run inside the test's temporary directory."""
+"""Keep every log line of the test run inside the test's temporary directory; skip the tiers that
+need root when not root; mark the end-to-end tier."""
 
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT_TIERS = {"integration": "network namespaces", "robustness": "network namespaces",
+              "e2e": "namespaces, mounts, runtimes"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts[0]
+        if tier == "e2e":
+            item.add_marker(pytest.mark.e2e)
+        if tier in ROOT_TIERS and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason=f"{tier} tests need root ({ROOT_TIERS[tier]})"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import subprocess
 from pathlib import Path
 
-from ..errors import CNIError
 from ..log import log
 from ..result import IPAddress, IPNetwork
+from ..rtnl import RT_TABLE_MAIN
 from .nodes import Desired
 
 RTPROT_PYCNI = 152            # routing protocol number of the agent's routes (`ip route show proto 152`)
@@ -38,11 +37,15 @@ def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
 
 # ------------------------------------------------------------------ routes
 
+def _family(net: IPNetwork) -> int:
+    return socket.AF_INET if net.version == 4 else socket.AF_INET6
+
+
 def current_routes(ipr) -> dict[IPNetwork, IPAddress]:
     found = {}
     for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.routes(family):
-            if msg["proto"] != RTPROT_PYCNI or msg["table"] != 254:
+            if msg["proto"] != RTPROT_PYCNI or msg["table"] != RT_TABLE_MAIN:
                 continue
             dst, gw = msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY")
             if dst and gw:
@@ -55,16 +58,14 @@ def sync_routes(ipr, want: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
     have = current_routes(ipr)
     removed = changed = 0
     for dst in have.keys() - want.keys():
-        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-        ipr.delete_route(family, str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
+        ipr.delete_route(_family(dst), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
         log.info(f"agent: route {dst} via {have[dst]} removed")
         removed += 1
     for dst, via in want.items():
         if have.get(dst) == via:
             continue
-        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         try:
-            ipr.replace_route(family, str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
+            ipr.replace_route(_family(dst), str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
         except OSError as e:      # e.g. the gateway is not on a connected network (yet)
             log.error(f"agent: route {dst} via {via}: {e}")
             continue
@@ -96,10 +97,9 @@ def render_masquerade(pod_networks: tuple[IPNetwork, ...]) -> str:
 
 
 def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
-    proc = subprocess.run(["nft", "-f", "-"], input=render_masquerade(pod_networks).encode(),
-                          capture_output=True)
-    if proc.returncode != 0:
-        raise CNIError("agent: nftables update failed", proc.stderr.decode(errors="replace")[:2000])
+    from ..firewall.nft import transaction
+
+    transaction(render_masquerade(pod_networks))
 
 
 # ------------------------------------------------------------------ all of it

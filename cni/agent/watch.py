@@ -59,12 +59,9 @@ def follow(on_change: Callable[[list[NodeInfo]], None], kubeconfig: str | None =
                 if stop():
                     return
             backoff = 1.0
-        except ApiException as e:
-            if e.status != 410:        # 410 Gone: our resourceVersion expired, list again
-                log.error(f"agent: API error {e.status}: {e.reason}")
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-        except Exception as e:         # network trouble, API server restarting
+        except Exception as e:         # network trouble, API server restarting, ...
+            if isinstance(e, ApiException) and e.status == 410:
+                continue               # 410 Gone: our resourceVersion expired, list again at once
             log.error(f"agent: {type(e).__name__}: {e}")
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)

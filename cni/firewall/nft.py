@@ -15,7 +15,7 @@ verdict maps: either makes nft load and loop-check the whole table on every call
 
 Every element carries the attachment's tag as comment ("<net hash>-<attachment hash> pycni
 net/id/ifname"): DEL, CHECK and GC find exactly an attachment's elements by it.
-Rule: render_* are pure (golden-tested); only `_nft` runs anything.
+Rule: render_* are pure (golden-tested); only `transaction` runs anything.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def render_delete_found(found: list[tuple[str, str]]) -> str:
 # ---------------------------------------------------------------- running nft
 
 
-def _nft(script: str, *, check: bool = True) -> subprocess.CompletedProcess:
+def transaction(script: str, *, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True)
     if check and proc.returncode != 0:
         raise CNIError("nftables transaction failed", proc.stderr.decode(errors="replace").strip()[:2000])
@@ -210,25 +210,25 @@ def tagged_elements(listing: list[dict]) -> list[tuple[str, str, str, str]]:
 
 def setup(spec: FirewallSpec) -> None:
     script = render_add(spec)
-    proc = _nft(script, check=False)
+    proc = transaction(script, check=False)
     if proc.returncode == 0:
         return
     err = proc.stderr.decode(errors="replace")
     if "No such file" in err:           # first pod on the node, or an older base: lay the base first
-        _nft("\n".join(render_base(spec.options.mark)) + "\n" + script)
+        transaction("\n".join(render_base(spec.options.mark)) + "\n" + script)
         return
     if "interval overlaps" in err:      # the pod network overlaps one already listed: keep that one
         log.warning(f"nftables: pod network overlaps an existing entry, keeping it ({err.strip()[:200]})")
         script = "".join(line + "\n" for line in script.splitlines()
                          if not any(f" {name} " in line for name in SHARED))
-        if _nft(script, check=False).returncode == 0:
+        if transaction(script, check=False).returncode == 0:
             return
     # A key held by an attachment that is gone (its DEL never ran): the last writer wins, as with
     # the reference plugin. Drop the conflicting elements and try once more.
     log.warning(f"nftables: replacing stale elements ({err.strip()[:200]})")
     mine = {(name, key) for name, key, data in elements(spec) if data}
     stale = [(n, k) for n, k, _, _ in tagged_elements(_listing() or []) if (n, k) in mine]
-    _nft(render_delete_found(stale) + script)
+    transaction(render_delete_found(stale) + script)
 
 
 def teardown_start(spec: FirewallSpec):
@@ -257,7 +257,7 @@ def _teardown_by_comment(spec: FirewallSpec) -> None:
     prefix = f"{spec.net_hash}-{spec.att_hash} "
     found = [(n, k) for n, k, _, c in tagged_elements(listing) if c.startswith(prefix)]
     if found:
-        _nft(render_delete_found(found))
+        transaction(render_delete_found(found))
 
 
 def check(spec: FirewallSpec) -> None:
@@ -283,4 +283,4 @@ def gc(network: str, valid_hashes: set[str]) -> None:
              if c.startswith(net) and c.split(" ", 1)[0] not in keep]
     if stale:
         log.info(f"gc: removing {len(stale)} nftables elements of network {network}")
-        _nft(render_delete_found(stale))
+        transaction(render_delete_found(stale))

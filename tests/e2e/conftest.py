@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("cni", "ipam", "build")
 
 
-def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="end-to-end tests need root (namespaces, mounts, runtimes)")
-    for item in items:
-        if "e2e" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-            if os.geteuid() != 0:
-                item.add_marker(skip)
-
-
 def _stale(exe: Path) -> bool:
     if not exe.exists():
         return True
@@ -164,3 +155,16 @@ def busybox_rootfs(root: Path) -> Path:
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
     (root / "etc" / "group").write_text("root:x:0:\n")
     return root
+
+
+@pytest.fixture
+def client(node):
+    """A machine beside the node: a namespace with a veth to it (10.250.0.2 -> node 10.250.0.1)."""
+    name = node.pod()
+    subprocess.run(["ip", "link", "add", "cl0", "netns", node.name, "type", "veth", "peer", "name",
+                    "eth0", "netns", name], check=True)
+    node.sh("ip", "addr", "add", "10.250.0.1/24", "dev", "cl0")
+    node.sh("ip", "link", "set", "cl0", "up")
+    for cmd in (["ip", "addr", "add", "10.250.0.2/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"]):
+        subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+    return name

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import sh, node  # noqa: F401  (fixture)
-from tests.e2e.test_podman import client  # noqa: F401  (fixture)
 
 from .conftest import ROOT, Sandbox, busybox_rootfs, have, pids_with, wait_for
 from .cri import CRI, TCP

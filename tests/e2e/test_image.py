@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import sh, node  # noqa: F401  (fixture)
+from tests.integration.conftest import node  # noqa: F401  (fixture)
+from tests.k8s_nodes import node_list, node_object
 
 from .conftest import ROOT, Sandbox, have, wait_for
 
@@ -29,19 +30,13 @@ def image() -> Path:
     return ROOT / "dist" / "pycni-image.oci.tar"
 
 
-def node_object(name, cidr, ip):
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
-
-
 def test_daemonset_image_configures_the_node(node, tmp_path, image):
     host = {d: tmp_path / d for d in ("opt-cni-bin", "etc-cni-net.d", "run-pycni", "data")}
     for d in host.values():
         d.mkdir()
-    (host["data"] / "nodes.json").write_text(json.dumps({"kind": "NodeList", "apiVersion": "v1", "items": [
-        node_object("node-a", "10.244.0.0/24", "172.31.0.2"),
-        node_object("node-b", "10.244.1.0/24", "172.31.0.3")]}))
+    (host["data"] / "nodes.json").write_text(json.dumps(node_list(
+        node_object("node-a", ["10.244.0.0/24"], ["172.31.0.2"]),
+        node_object("node-b", ["10.244.1.0/24"], ["172.31.0.3"]))))
     # the node's underlay interface (the other end stays unconnected: routes only need the subnet)
     node.sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
     node.sh("ip", "addr", "add", "172.31.0.2/24", "dev", "eth0")

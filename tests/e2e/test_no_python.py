@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import IP, sh, node  # noqa: F401  (fixture)
 
-from .conftest import ROOT, copy_file, host_libraries
+from .conftest import copy_file, host_libraries
 
 BUSYBOX = Path("/bin/busybox")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -79,19 +78,6 @@ def podman(node, tmp_path, artifact):
         yield p
     finally:
         p.close()
-
-
-@pytest.fixture
-def client(node):
-    """A machine beside the node: a namespace with a veth to it (10.250.0.2 -> node 10.250.0.1)."""
-    name = node.pod()
-    sh("ip", "link", "add", "cl0", "netns", node.name, "type", "veth", "peer", "name", "eth0",
-       "netns", name)
-    node.sh("ip", "addr", "add", "10.250.0.1/24", "dev", "cl0")
-    node.sh("ip", "link", "set", "cl0", "up")
-    sh("ip", "addr", "add", "10.250.0.2/24", "dev", "eth0", ns=name)
-    sh("ip", "link", "set", "eth0", "up", ns=name)
-    return name
 
 
 def test_podman_run_with_host_port(podman, node, client, tmp_path):

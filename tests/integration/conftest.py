@@ -39,14 +39,6 @@ def _all_test_netns() -> list[str]:
             if line.startswith(PREFIX)]
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="integration tests need root (network namespaces)")
-        for item in items:
-            if "integration" in str(item.fspath):
-                item.add_marker(skip)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _no_stale_namespaces():
     if os.geteuid() == 0:

@@ -6,21 +6,13 @@ import pytest
 
 from cni.agent import host
 from cni.agent.nodes import NodeError, NodeInfo, Options, conflist, desired, parse_node, parse_node_list, peer_routes
+from tests.k8s_nodes import node_list, node_object
 
-
-def node_json(name, cidrs, v4=None, v6=None, legacy=False):
-    spec = {"podCIDR": cidrs[0]} if legacy else {"podCIDR": cidrs[0], "podCIDRs": cidrs}
-    addresses = [{"type": "Hostname", "address": name}]
-    addresses += [{"type": "InternalIP", "address": a} for a in (v4, v6) if a]
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}},
-            "spec": spec, "status": {"addresses": addresses}}
-
-
-NODES = {"apiVersion": "v1", "kind": "NodeList", "items": [
-    node_json("kind-control-plane", ["10.244.0.0/24", "fd00:10:244::/64"], "172.18.0.2", "fc00:f853:ccd:e793::2"),
-    node_json("kind-worker", ["10.244.1.0/24", "fd00:10:244:1::/64"], "172.18.0.3", "fc00:f853:ccd:e793::3"),
-    node_json("kind-worker2", ["10.244.2.0/24"], "172.18.0.4", legacy=True),
-]}
+NODES = node_list(
+    node_object("kind-control-plane", ["10.244.0.0/24", "fd00:10:244::/64"], ["172.18.0.2", "fc00:f853:ccd:e793::2"]),
+    node_object("kind-worker", ["10.244.1.0/24", "fd00:10:244:1::/64"], ["172.18.0.3", "fc00:f853:ccd:e793::3"]),
+    node_object("kind-worker2", ["10.244.2.0/24"], ["172.18.0.4"], legacy=True),
+)
 
 
 def net(s):

@@ -13,11 +13,11 @@ import pytest
 pytest.importorskip("kubernetes")
 
 from cni.agent.watch import follow  # noqa: E402
+from tests.k8s_nodes import node_list, node_object  # noqa: E402
 
 
 def node(name, cidr, rv="1"):
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "resourceVersion": rv},
-            "spec": {"podCIDRs": [cidr]}, "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}
+    return node_object(name, [cidr], ["10.0.0.1"], resource_version=rv)
 
 
 class FakeAPI(BaseHTTPRequestHandler):
@@ -33,8 +33,8 @@ class FakeAPI(BaseHTTPRequestHandler):
             return
         if "watch=" not in self.path:
             FakeAPI.lists += 1
-            body = json.dumps({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "10"},
-                               "items": [node("a", "10.244.0.0/24"), node("b", "10.244.1.0/24")]}).encode()
+            body = json.dumps(node_list(node("a", "10.244.0.0/24"), node("b", "10.244.1.0/24"),
+                                        resource_version="10")).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
