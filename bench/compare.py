@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 REF = Path("/usr/lib/cni")
 
-from cni.driver import plugin_config  # noqa: E402
+from cni.tools.driver import plugin_config  # noqa: E402
 
 
 def netlists(work: Path) -> dict[str, dict]:
@@ -249,8 +249,8 @@ def run_all(args) -> None:
 def floor(netlist: dict, pods: Pods, rounds: int) -> tuple[float, float]:
     import io
 
-    from cni import skel
-    from cni.commands import BridgePlugin
+    from cni.spec import skel
+    from cni.bridge.plugin import BridgePlugin
 
     plugin = netlist["plugins"][0]
     adds, dels = [], []

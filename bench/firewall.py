@@ -85,8 +85,8 @@ def exec_rows(args, netns: str, variants) -> list[tuple[str, int, float, float]]
 def inprocess_rows(args, backends) -> list[tuple[str, int, float, float]]:
     import ipaddress
 
-    from cni import firewall
-    from cni.portmap import FirewallOptions, PortMapping
+    from cni.firewall import rules as firewall
+    from cni.portmap.options import FirewallOptions, PortMapping
 
     def spec(i: int, backend: str) -> firewall.FirewallSpec:
         ip = prev_result(i, "")["ips"][0]["address"]

@@ -6,7 +6,7 @@
 #   kind load image-archive dist/pycni-image.oci.tar
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION=$(.venv/bin/python -c 'import cni; print(cni.__version__)')
+VERSION=$(.venv/bin/python -c 'from cni.spec.version import PYCNI; print(PYCNI)')
 IMAGE=${PYCNI_IMAGE:-localhost/pycni:$VERSION}
 bash build/build.sh
 .venv/bin/python -c "import kubernetes" 2>/dev/null ||

@@ -1,3 +1,0 @@
-"""pycni: a CNI plugin (bridge + file-backed IPAM) in Python."""
-
-__version__ = "0.1.0"

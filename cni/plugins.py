@@ -1,6 +1,6 @@
 """The plugins this package ships, by executable name, and the one way to run one in process.
 
-Used by the console scripts (`cni.entry`), by the helper's forked children and by the helper
+Used by the console scripts (`cni.runtime.entry`), by the helper's forked children and by the helper
 client's fallback, so every path serves a call the same way.
 """
 
@@ -10,7 +10,7 @@ from typing import IO, Any, Callable, Mapping
 
 
 def _bridge() -> Any:
-    from .commands import BridgePlugin
+    from cni.bridge.plugin import BridgePlugin
 
     return BridgePlugin()
 
@@ -22,13 +22,13 @@ def _ipam() -> Any:
 
 
 def _portmap() -> Any:
-    from .portmap_plugin import PortmapPlugin
+    from cni.portmap.plugin import PortmapPlugin
 
     return PortmapPlugin()
 
 
 def _loopback() -> Any:
-    from .loopback_plugin import LoopbackPlugin
+    from cni.loopback import LoopbackPlugin
 
     return LoopbackPlugin()
 
@@ -46,6 +46,6 @@ ABOUT = {
 
 
 def run(name: str, env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], about: str = "") -> int:
-    from . import skel
+    from cni.spec import skel
 
     return skel.run(PLUGINS[name], env, stdin, stdout, about=about or name)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Iterator
 
-from cni.errors import CNIError, InvalidConfig
-from cni.result import IPConfig
+from cni.spec.errors import CNIError, InvalidConfig
+from cni.spec.result import IPConfig
 
-from .config import IPAddress, IPAMConfig, Range, RangeSet
-from .store import Store
+from ipam.config import IPAddress, IPAMConfig, Range, RangeSet
+from ipam.store import Store
 
 # plugin-specific code (>= 100): the range set has no free address
 CODE_EXHAUSTED = 100

@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cni.errors import InvalidConfig, InvalidEnvironment
-from cni.fields import go_keys
-from cni.result import DNS, IPAddress, IPNetwork, Route, parse_route
-from cni.errors import DecodeFailure
+from cni.spec.errors import InvalidConfig, InvalidEnvironment
+from cni.spec.fields import go_keys
+from cni.spec.result import DNS, IPAddress, IPNetwork, Route, parse_route
+from cni.spec.errors import DecodeFailure
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_LOCK_TIMEOUT = 60.0

@@ -5,11 +5,11 @@ Its result has no interfaces, and its ips carry no interface index (the spec's I
 
 from __future__ import annotations
 
-from cni.errors import InvalidConfig
-from cni.result import Result, parse as parse_result
-from cni.skel import Request, valid_attachments
+from cni.spec.errors import InvalidConfig
+from cni.spec.result import Result, parse as parse_result
+from cni.spec.skel import Request, valid_attachments
 
-from . import config, service
+from ipam import config, service
 
 
 def _conf(req: Request) -> config.IPAMConfig:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from cni.errors import CNIError, NotAvailable
-from cni.result import IPAddress, Result
+from cni.spec.errors import CNIError, NotAvailable
+from cni.spec.result import IPAddress, Result
 
-from . import allocator
-from .config import IPAMConfig
-from .store import DiskStore, Store
+from ipam import allocator
+from ipam.config import IPAMConfig
+from ipam.store import DiskStore, Store
 
 
 def open_store(conf: IPAMConfig) -> DiskStore:

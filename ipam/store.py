@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import os
-import time
 from typing import Iterator, Protocol
 
-from cni.errors import IOFailure, TryAgainLater
+from cni.linux.flock import acquire
+from cni.spec.errors import IOFailure, TryAgainLater
 
-from .config import IPAddress
+from ipam.config import IPAddress
 
 LOCK_NAME = "lock"
 CURSOR_PREFIX = "last_reserved_ip."
@@ -68,21 +67,12 @@ class DiskStore:
         except OSError as e:
             raise IOFailure("cannot open IPAM lock", f"{path}: {e.strerror}") from None
         try:
-            deadline = time.monotonic() + self.lock_timeout
-            delay = 0.0005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise TryAgainLater(
-                            "IPAM store is busy", f"could not lock {path} in {self.lock_timeout:g}s"
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.02)
-                except OSError as e:
-                    raise IOFailure("cannot lock IPAM store", f"{path}: {e.strerror}") from None
+            try:
+                held = acquire(fd, self.lock_timeout)
+            except OSError as e:
+                raise IOFailure("cannot lock IPAM store", f"{path}: {e.strerror}") from None
+            if not held:
+                raise TryAgainLater("IPAM store is busy", f"could not lock {path} in {self.lock_timeout:g}s")
             yield
         finally:
             os.close(fd)  # closing drops the flock
@@ -162,7 +152,7 @@ class DiskStore:
     # ---------------------------------------------------------- the attachment index
 
     def _index_path(self, container_id: str, ifname: str) -> str:
-        from cni.names import sha256_hex
+        from cni.spec.names import sha256_hex
 
         h = sha256_hex(f"{container_id}\r\n{ifname}")[:32]
         return os.path.join(self.dir, INDEX_DIR, h)

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 def _logs_in_tmp(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("logs") / "pycni.log")
     os.environ["PYCNI_LOG_FILE"] = path
-    from cni.log import log
+    from cni.spec.log import log
 
     log.configure(path=path)
     yield

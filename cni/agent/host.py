@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from pathlib import Path
 
-from ..log import log
-from ..result import IPAddress, IPNetwork
-from ..rtnl import RT_TABLE_MAIN
-from .nodes import Desired
+from cni.spec.log import log
+from cni.spec.result import IPAddress, IPNetwork
+from cni.linux.links import family
+from cni.linux.rtnl import RT_TABLE_MAIN
+from cni.agent.nodes import Desired
 
 RTPROT_PYCNI = 152            # routing protocol number of the agent's routes (`ip route show proto 152`)
 TABLE = "inet pycni-agent"
@@ -22,7 +22,7 @@ TABLE = "inet pycni-agent"
 
 def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
     """Install the conflist if it differs from what is there; True when written."""
-    from ..install import install_conflist
+    from cni.tools.install import install_conflist
 
     path = conf_dir / filename
     try:
@@ -37,14 +37,10 @@ def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
 
 # ------------------------------------------------------------------ routes
 
-def _family(net: IPNetwork) -> int:
-    return socket.AF_INET if net.version == 4 else socket.AF_INET6
-
-
 def current_routes(ipr) -> dict[IPNetwork, IPAddress]:
     found = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.routes(family):
+    for version in (4, 6):
+        for msg in ipr.routes(family(version)):
             if msg["proto"] != RTPROT_PYCNI or msg["table"] != RT_TABLE_MAIN:
                 continue
             dst, gw = msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY")
@@ -58,14 +54,14 @@ def sync_routes(ipr, want: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
     have = current_routes(ipr)
     removed = changed = 0
     for dst in have.keys() - want.keys():
-        ipr.delete_route(_family(dst), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
+        ipr.delete_route(family(dst.version), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
         log.info(f"agent: route {dst} via {have[dst]} removed")
         removed += 1
     for dst, via in want.items():
         if have.get(dst) == via:
             continue
         try:
-            ipr.replace_route(_family(dst), str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
+            ipr.replace_route(family(dst.version), str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
         except OSError as e:      # e.g. the gateway is not on a connected network (yet)
             log.error(f"agent: route {dst} via {via}: {e}")
             continue
@@ -97,7 +93,7 @@ def render_masquerade(pod_networks: tuple[IPNetwork, ...]) -> str:
 
 
 def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
-    from ..firewall.nft import transaction
+    from cni.firewall.nft import transaction
 
     transaction(render_masquerade(pod_networks))
 
@@ -106,7 +102,7 @@ def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
 
 def apply(state: Desired, conf_dir: Path, conf_name: str) -> dict:
     """One sync; returns what it did (for the log and the tests)."""
-    from ..apply import open_rtnl
+    from cni.linux.links import open_rtnl
 
     done: dict = {"conflist": False, "routes": (0, 0)}
     if state.conflist is not None:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..log import log
-from . import host
-from .nodes import Desired, Options, desired, parse_node_list
+from cni.spec.log import log
+from cni.agent import host
+from cni.agent.nodes import Desired, Options, desired, parse_node_list
 
 
 def add_arguments(p) -> None:
@@ -75,14 +75,14 @@ def run(args) -> int:
         with open(args.nodes_file, encoding="utf-8") as f:
             on_change(parse_node_list(json.load(f)))
         return 0
-    from .watch import follow
+    from cni.agent.watch import follow
 
     follow(on_change, args.kubeconfig)
     return 0
 
 
 def _install(args) -> None:
-    from .. import install
+    from cni.tools import install
 
     if args.source == "none":
         return

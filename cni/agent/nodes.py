@@ -7,7 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..result import IPAddress, IPNetwork
+from cni.spec.result import IPAddress, IPNetwork
 
 DEFAULT_NETWORK = "pycni"
 DEFAULT_BRIDGE = "pycni0"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..log import log
-from .nodes import NodeError, NodeInfo, parse_node
+from cni.spec.log import log
+from cni.agent.nodes import NodeError, NodeInfo, parse_node
 
 RESYNC_SECONDS = 300       # the watch is re-opened (and everything re-synced) at least this often
 

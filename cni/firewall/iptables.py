@@ -15,16 +15,14 @@ attachment's tag as comment, and teardown removes rules by exact tag. One commit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sys
-import time
 from dataclasses import dataclass
 
-from ..errors import CNIError, TryAgainLater, UnsupportedField
-from ..log import log
-from . import FirewallSpec
-from .iptc_loader import load
+from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
+from cni.spec.log import log
+from cni.firewall.rules import FirewallSpec
+from cni.firewall.iptc_loader import load
 
 HOSTPORTS = "PYCNI-HOSTPORTS"
 POSTROUTING = "PYCNI-POSTROUTING"
@@ -35,7 +33,7 @@ def chain_names(att_hash: str) -> tuple[str, str]:
 
 
 def _full_hash(spec: FirewallSpec) -> str:
-    from .. import names
+    from cni.spec import names
 
     return names.attachment_hash(spec.network, spec.container_id, spec.ifname)
 
@@ -48,18 +46,12 @@ LOCK_TIMEOUT = 30.0
 def xtables_lock(timeout: float = LOCK_TIMEOUT):
     """The lock iptables(-legacy), kube-proxy and the reference plugins take around table updates:
     libiptc commits a whole table, so an unlocked writer can lose another's change."""
+    from cni.linux.flock import acquire
+
     fd = os.open(XTABLES_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline, delay = time.monotonic() + timeout, 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TryAgainLater("xtables lock busy", f"{XTABLES_LOCK} held for over {timeout:g}s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+        if not acquire(fd, timeout, max_delay=0.05):
+            raise TryAgainLater("xtables lock busy", f"{XTABLES_LOCK} held for over {timeout:g}s")
         yield
     finally:
         os.close(fd)
@@ -317,7 +309,7 @@ def setup(spec: FirewallSpec) -> None:
 
 
 def _families_present() -> list[int]:
-    from . import legacy_tables
+    from cni.firewall.rules import legacy_tables
 
     return [f for f in (4, 6) if "nat" in legacy_tables(f)]
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import subprocess
 
-from ..errors import CNIError, UnsupportedField
-from ..log import log
-from . import FirewallSpec
+from cni.spec.errors import CNIError, UnsupportedField
+from cni.spec.log import log
+from cni.firewall.rules import FirewallSpec
 
 TABLE = "inet pycni"
 VERSION = 1
@@ -272,7 +272,7 @@ def check(spec: FirewallSpec) -> None:
 
 def gc(network: str, valid_hashes: set[str]) -> None:
     """`valid_hashes`: full attachment hashes of the attachments to keep."""
-    from . import network_hash
+    from cni.firewall.rules import network_hash
 
     listing = _listing()
     if listing is None:

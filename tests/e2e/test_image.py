@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import node  # noqa: F401  (fixture)
+from cni.spec.version import PYCNI
 from tests.k8s_nodes import node_list, node_object
 
 from .conftest import ROOT, Sandbox, have, wait_for
 
-IMAGE = "localhost/pycni:0.1.0"
+IMAGE = f"localhost/pycni:{PYCNI}"
 
 pytestmark = pytest.mark.skipif(not have("containerd", "ctr", "runc"),
                                 reason="containerd/runc missing (scripts/setup.sh installs them)")

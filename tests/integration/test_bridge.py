@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cni import names
+from cni.spec import names
 
 from .conftest import BIN, netconf, sh
 

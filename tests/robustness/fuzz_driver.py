@@ -21,8 +21,8 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cni import skel
-from cni.commands import BridgePlugin
+from cni.spec import skel
+from cni.bridge.plugin import BridgePlugin
 
 COMMANDS = ["ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC", "", "add", "FOO"]
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "0.2.0", "2.0.0", "", None, 1]
@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--pod", required=True)
     ap.add_argument("--data", required=True)
     args = ap.parse_args()
-    from cni.log import log
+    from cni.spec.log import log
 
     log.stderr = None       # the summary line is the output; details go to the log file
     import ipam.config

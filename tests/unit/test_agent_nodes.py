@@ -59,7 +59,7 @@ def test_conflist_dual_stack():
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]
     assert plugin["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     assert plugin["ipam"]["dataDir"].startswith("/run/")
-    from cni.install import validate_conflist
+    from cni.tools.install import validate_conflist
 
     validate_conflist(conf)
 
@@ -88,8 +88,8 @@ def test_the_per_pod_path_never_imports_the_kubernetes_client():
     import subprocess
     import sys
 
-    code = ("import sys, cni.entry, cni.plugins, cni.skel, cni.commands, cni.portmap_plugin, "
-            "cni.loopback_plugin, ipam.plugin, cni.helper, cni.cli, cni.agent.main, cni.agent.host; "
+    code = ("import sys, cni.runtime.entry, cni.plugins, cni.spec.skel, cni.bridge.plugin, cni.portmap.plugin, "
+            "cni.loopback, ipam.plugin, cni.runtime.server, cni.tools.cli, cni.agent.main, cni.agent.host; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

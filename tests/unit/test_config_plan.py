@@ -2,10 +2,11 @@ import ipaddress
 
 import pytest
 
-from cni import config, names
-from cni.errors import InvalidConfig
-from cni.plan import Plan, plan_add
-from cni.result import IPConfig, Result, Route
+from cni.bridge import config
+from cni.spec import names
+from cni.spec.errors import InvalidConfig
+from cni.bridge.plan import Plan, plan_add
+from cni.spec.result import IPConfig, Result, Route
 
 BASE = {"cniVersion": "1.0.0", "name": "net1", "type": "pycni"}
 

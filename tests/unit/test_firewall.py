@@ -5,10 +5,11 @@ import sys
 
 import pytest
 
-from cni import firewall
-from cni.errors import InvalidConfig, UnsupportedField
-from cni.firewall import FirewallSpec, iptables, nft
-from cni.portmap import FirewallOptions, PortMapping, parse_mappings, parse_options
+from cni.firewall import rules as firewall
+from cni.spec.errors import InvalidConfig, UnsupportedField
+from cni.firewall.rules import FirewallSpec
+from cni.firewall import iptables, nft
+from cni.portmap.options import FirewallOptions, PortMapping, parse_mappings, parse_options
 
 IP = ipaddress.ip_interface
 

@@ -4,9 +4,9 @@ import ipaddress
 
 import pytest
 
-from cni.errors import InvalidConfig
-from cni.fields import go_keys
-from cni.portmap import PortMapping, parse_mappings
+from cni.spec.errors import InvalidConfig
+from cni.spec.fields import go_keys
+from cni.portmap.options import PortMapping, parse_mappings
 from ipam.config import parse_range
 
 

@@ -1,11 +1,11 @@
-"""STATUS checks of what the host must provide (cni.hostcheck), with the probes faked."""
+"""STATUS checks of what the host must provide (cni.tools.hostcheck), with the probes faked."""
 
 import subprocess
 
 import pytest
 
-from cni import hostcheck
-from cni.errors import NotAvailable
+from cni.tools import hostcheck
+from cni.spec.errors import NotAvailable
 from cni.firewall import iptc_loader
 
 

@@ -1,4 +1,4 @@
-"""`pycni install`: atomic binary and conflist installation (cni.install), on fake builds."""
+"""`pycni install`: atomic binary and conflist installation (cni.tools.install), on fake builds."""
 
 import json
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cni import install
-from cni.errors import CNIError, InvalidConfig
+from cni.tools import install
+from cni.spec.errors import CNIError, InvalidConfig
 
 
 def fake_build(root: Path, tag: str) -> Path:

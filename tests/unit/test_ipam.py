@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cni.errors import CNIError, InvalidConfig, InvalidEnvironment, TryAgainLater
+from cni.spec.errors import CNIError, InvalidConfig, InvalidEnvironment, TryAgainLater
 from ipam import allocator, config, service
 from ipam.store import DiskStore
 from tests.unit.fakes import FakeStore

@@ -2,9 +2,9 @@ import ipaddress
 
 import pytest
 
-from cni import result
-from cni.errors import DecodeFailure
-from cni.result import DNS, Interface, IPConfig, Result, Route
+from cni.spec import result
+from cni.spec.errors import DecodeFailure
+from cni.spec.result import DNS, Interface, IPConfig, Result, Route
 
 R = Result(
     interfaces=(Interface("cni0", "aa:bb:cc:00:00:01", mtu=1500),

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from cni import skel
-from cni.errors import InvalidConfig
-from cni.result import Result
+from cni.spec import skel
+from cni.spec.errors import InvalidConfig
+from cni.spec.result import Result
 
 BASE_ENV = {"CNI_CONTAINERID": "abc", "CNI_NETNS": "", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 
@@ -162,10 +162,10 @@ def test_sha256_without_openssl_matches_hashlib():
     import subprocess
     import sys
 
-    from cni.names import sha256_hex
+    from cni.spec.names import sha256_hex
 
     for text in ("", "net/c1/eth0", "ünïcode/😀"):
         assert sha256_hex(text) == hashlib.sha256(text.encode()).hexdigest()
     # the plugin's names never load OpenSSL (2-3 ms of every process start)
-    code = "import sys, cni.names; cni.names.attachment_hash('n', 'c', 'eth0'); print('_hashlib' in sys.modules)"
+    code = "import sys, cni.spec.names; cni.spec.names.attachment_hash('n', 'c', 'eth0'); print('_hashlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

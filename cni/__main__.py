@@ -1,0 +1,8 @@
+"""`python -m cni`: the same as the `pycni` executable."""
+
+import sys
+
+from cni.runtime.entry import pycni
+
+if __name__ == "__main__":
+    sys.exit(pycni())

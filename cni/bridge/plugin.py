@@ -1,0 +1,205 @@
+"""The bridge plugin's verbs, top to bottom. Read ADD first:
+
+    parse config -> reserve addresses (IPAM) -> plan -> apply, pushing an undo for each thing
+    made -> on success drop the undos and return the result; on any error the undos run.
+
+Rule: handlers take a `skel.Request` and return a `Result` or None; they never print or exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Any, Callable
+
+from cni.bridge import apply, config
+from cni.linux import links
+from ipam import client as ipam_client
+from cni.spec import names
+from cni.linux import netns
+from cni.spec.errors import CNIError, InvalidConfig, InvalidEnvironment
+from cni.spec.log import log
+from cni.bridge.plan import final_dns, plan_add, result_routes
+from cni.spec.result import Interface, IPConfig, Result
+from cni.spec.skel import Request, valid_attachments
+
+
+def _undo(fn: Callable, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as e:  # an undo must never hide the error that triggered it
+        log.warning(f"rollback step {getattr(fn, '__name__', fn)} failed: {e}")
+
+
+def _open_pod_netns(path: str) -> tuple[Any, int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return links.open_rtnl_in(path), fd
+    except OSError as e:
+        raise InvalidEnvironment("invalid CNI_NETNS", f"{path} is not a network namespace: {e.strerror}") from None
+
+
+def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
+    from cni.firewall.rules import FirewallSpec
+
+    return FirewallSpec(conf.name, req.container_id, req.ifname, tuple(pod_ips), conf.port_mappings,
+                        conf.ip_masq, conf.firewall)
+
+
+class BridgePlugin:
+    def add(self, req: Request) -> Result:
+        conf = config.parse(req.config, req.args)
+        # `undo` unwinds first (rollback on error, emptied on success); `opened` always closes.
+        with contextlib.ExitStack() as opened, contextlib.ExitStack() as undo:
+            ipam = Result()
+            if conf.ipam_type:
+                ipam = ipam_client.add(conf, req)
+                undo.callback(_undo, ipam_client.delete, conf, req)
+            plan = plan_add(conf, req.container_id, req.netns, req.ifname, ipam)
+
+            pod, pod_fd = _open_pod_netns(req.netns)
+            opened.callback(os.close, pod_fd)
+            opened.callback(pod.close)
+            if links.lookup(pod, req.ifname) is not None:
+                raise CNIError(f"container already has an interface named {req.ifname}", req.netns)
+            host = links.open_rtnl()
+            opened.callback(host.close)
+
+            bridge = apply.ensure_bridge(host, plan)
+            apply.create_veth(host, plan, pod_fd)
+            undo.callback(_undo, links.delete_link, host, plan.host_veth)
+            veth = apply.attach_host_veth(host, plan, bridge)
+            apply.ensure_bridge_addresses(host, bridge, plan)
+            ctr = apply.configure_container(plan, pod)
+            apply.wait_port_up(host, veth.index)
+            if conf.wants_firewall:
+                spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
+                from cni.firewall import rules as firewall
+
+                undo.callback(_undo, firewall.teardown, spec)
+                firewall.setup(spec)
+                if conf.port_mappings and conf.firewall.snat and spec.ips(4):
+                    firewall.enable_route_localnet(conf.bridge)
+            undo.pop_all()
+
+        out = Result(
+            interfaces=(
+                Interface(bridge.name, bridge.mac, mtu=bridge.mtu or None),
+                Interface(veth.name, veth.mac, mtu=veth.mtu or None),
+                Interface(ctr.name, ctr.mac, sandbox=req.netns, mtu=ctr.mtu or None),
+            ),
+            ips=tuple(IPConfig(ip.address, ip.gateway, interface=2) for ip in ipam.ips),
+            routes=result_routes(conf, ipam),
+            dns=final_dns(conf, ipam),
+        )
+        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}")
+        return out
+
+    def delete(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        problems: list[Exception] = []
+        pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
+        pod = None
+        if netns.exists(req.netns):
+            try:
+                pod = apply.pod_link(req.netns, req.ifname)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
+                    problems.append(e)
+            except CNIError as e:
+                problems.append(e)
+        if pod is not None and not pod_ips:
+            pod_ips = [a for a in pod[2] if not a.ip.is_link_local]
+        finish_firewall = None
+        if conf.wants_firewall:   # started now: the kernel's commit overlaps the link deletion
+            from cni.firewall import rules as firewall
+
+            finish_firewall = firewall.teardown_start(firewall_spec(conf, req, pod_ips))
+        if pod is not None:
+            try:
+                links.delete_link(pod[0], req.ifname)
+            except CNIError as e:
+                problems.append(e)
+            finally:
+                pod[0].close()
+        try:
+            host = links.open_rtnl()
+            try:
+                links.delete_link(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+            finally:
+                host.close()
+        except CNIError as e:
+            problems.append(e)
+        if finish_firewall is not None:
+            try:
+                finish_firewall()
+            except CNIError as e:
+                problems.append(e)
+        if conf.ipam_type:
+            try:
+                ipam_client.delete(conf, req)
+            except CNIError as e:
+                problems.append(e)
+        if problems:
+            first = problems[0]
+            if isinstance(first, CNIError):
+                raise first
+            raise CNIError("failed to delete attachment", str(first))
+        log.info(f"deleted {req.ifname}")
+
+    def check(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        prev = conf.prev_result
+        if prev is None:
+            raise InvalidConfig("Required prevResult missing", "CHECK needs the result of ADD")
+        from cni.bridge.check import check_attachment
+
+        check_attachment(conf, req, prev)
+        if conf.wants_firewall:
+            from cni.firewall import rules as firewall
+
+            firewall.check(firewall_spec(conf, req, [ip.address for ip in prev.ips]))
+        if conf.ipam_type:
+            ipam_client.check(conf, req, [ip.address.ip for ip in prev.ips])
+
+    def status(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        from cni.tools import hostcheck
+
+        problems = hostcheck.kernel_problems(ipv6=_configures_ipv6(conf.ipam))
+        capabilities = req.config.get("capabilities")
+        maps_ports = isinstance(capabilities, dict) and capabilities.get("portMappings") is True
+        if conf.ip_masq or maps_ports:
+            problems += hostcheck.firewall_problems(conf.firewall.backend)
+        hostcheck.require(problems)
+        if conf.ipam_type:
+            ipam_client.status(conf, req)
+
+    def gc(self, req: Request) -> None:
+        conf = config.parse(req.config, req.args)
+        valid = valid_attachments(req.config)
+        host = links.open_rtnl()
+        try:
+            for veth, cid, ifname in apply.attachments_on_host(host, conf.name):
+                if (cid, ifname) not in valid:
+                    log.info(f"gc: removing {veth} of {cid}/{ifname}")
+                    links.delete_link(host, veth)
+        finally:
+            host.close()
+        from cni.firewall import rules as firewall
+
+        firewall.gc(conf.name, valid)
+        if conf.ipam_type:
+            ipam_client.gc(conf, req, sorted(valid))
+
+
+def _configures_ipv6(ipam: Any) -> bool:
+    """Whether the IPAM section names an IPv6 subnet (host-local layout: ranges or subnet)."""
+    if not isinstance(ipam, dict):
+        return False
+    subnets = [ipam.get("subnet")]
+    for rangeset in ipam.get("ranges") or ():
+        if isinstance(rangeset, list):
+            subnets += [r.get("subnet") for r in rangeset if isinstance(r, dict)]
+    return any(isinstance(s, str) and ":" in s for s in subnets)

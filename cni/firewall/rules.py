@@ -1,0 +1,156 @@
+"""Masquerade and port-mapping rules of one attachment, on nftables or on legacy iptables.
+
+    FirewallSpec (pure data)  ->  backend.setup / teardown / check / gc
+    nftables: cni.firewall.nft       one `nft -f -` transaction per call, table `inet pycni`
+    iptables: cni.firewall.iptables  python-iptables (libiptc), our own PYCNI-* chains
+
+Rule: the backend is chosen once per call (`choose`); teardown and GC look in both, since a pod may
+have been set up under the other. python-iptables is imported only on the iptables path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from cni.spec import names
+from cni.portmap.options import FirewallOptions, PortMapping
+from cni.spec.result import IPInterface
+
+NFT = "nftables"
+IPT = "iptables"
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    network: str
+    container_id: str
+    ifname: str
+    pod_ips: tuple[IPInterface, ...] = ()
+    mappings: tuple[PortMapping, ...] = ()
+    masquerade: bool = False
+    options: FirewallOptions = FirewallOptions()
+
+    @property
+    def tag(self) -> str:
+        """Written as the comment of every rule of this attachment."""
+        return f"pycni {self.network}/{self.container_id}/{self.ifname}"[:120]
+
+    @property
+    def net_hash(self) -> str:
+        return network_hash(self.network)
+
+    @property
+    def att_hash(self) -> str:
+        return names.attachment_hash(self.network, self.container_id, self.ifname)[:16]
+
+    def ips(self, family: int) -> list[IPInterface]:
+        return [a for a in self.pod_ips if a.version == family]
+
+
+def network_hash(network: str) -> str:
+    return names.sha256_hex(network)[:8]
+
+
+def legacy_tables(family: int = 4) -> set[str]:
+    """Tables registered in legacy x_tables in this namespace (empty on a pure nftables node)."""
+    path = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
+    try:
+        with open(path) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def choose(options: FirewallOptions) -> str:
+    if options.backend in (NFT, IPT):
+        return options.backend
+    if "nat" in legacy_tables(4) or "nat" in legacy_tables(6):
+        return IPT        # something on this node (kube-proxy, docker) uses legacy iptables NAT
+    return NFT if shutil.which("nft") else IPT
+
+
+def _backend(name: str):
+    if name == NFT:
+        from cni.firewall import nft
+
+        return nft
+    from cni.firewall import iptables
+
+    return iptables
+
+
+def setup(spec: FirewallSpec) -> str:
+    """Install the attachment's rules; returns the backend used."""
+    name = choose(spec.options)
+    _backend(name).setup(spec)
+    _flush_udp(spec)
+    return name
+
+
+def _flush_udp(spec: FirewallSpec) -> None:
+    """Stale UDP conntrack entries of the mapped host ports would keep steering traffic to an old pod."""
+    ports = sorted({m.host_port for m in spec.mappings if m.protocol == "udp"})
+    if ports:
+        from cni.linux.conntrack import flush_udp_ports
+
+        flush_udp_ports(ports)
+
+
+def _present_backends() -> list[str]:
+    present = []
+    if shutil.which("nft"):
+        present.append(NFT)
+    if legacy_tables(4) or legacy_tables(6):
+        present.append(IPT)
+    return present
+
+
+def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
+    """Start removing the attachment's rules from every backend that may hold them; the returned
+    function finishes the work and raises what failed. (nftables runs as a child process, so its
+    kernel commit overlaps whatever the caller does in between.)"""
+    backends = _present_backends()
+    pending = _backend(NFT).teardown_start(spec) if NFT in backends else None
+
+    def finish() -> None:
+        errors = []
+        if pending is not None:
+            try:
+                pending()
+            except Exception as e:
+                errors.append(e)
+        if IPT in backends:
+            try:
+                _backend(IPT).teardown(spec)
+            except Exception as e:   # keep going: the other backend may have held the rules
+                errors.append(e)
+        _flush_udp(spec)
+        if errors:
+            raise errors[0]
+
+    return finish
+
+
+def teardown(spec: FirewallSpec) -> None:
+    teardown_start(spec)()
+
+
+def check(spec: FirewallSpec) -> None:
+    name = choose(spec.options)
+    _backend(name).check(spec)
+
+
+def gc(network: str, valid: Iterable[tuple[str, str]]) -> None:
+    """Remove the rules of this network's attachments that are not in `valid`."""
+    hashes = {names.attachment_hash(network, c, i) for c, i in valid}
+    for name in _present_backends():
+        _backend(name).gc(network, hashes)
+
+
+def enable_route_localnet(bridge: str) -> None:
+    """127.0.0.1:hostPort -> pod needs route_localnet on the interface towards the pods."""
+    from cni.linux import sysctl
+
+    sysctl.write(sysctl.iface_key(4, bridge, "route_localnet"), "1")

@@ -1,0 +1,39 @@
+"""Flush UDP conntrack entries of host ports, so a new pod gets the traffic a stale entry held.
+
+Done after the rules go in on ADD (reference plugins PR #553) and also on DEL (which the reference
+still misses: plugins#1190). Failures are logged, never fatal: the rules are what matters.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Iterable
+
+from cni.spec.log import log
+
+
+def flush_udp_ports(ports: Iterable[int]) -> int:
+    ports = set(ports)
+    if not ports:
+        return 0
+    removed = 0
+    try:
+        from pyroute2.conntrack import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        ct = Conntrack()
+        try:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for port in sorted(ports):
+                    flt = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port)
+                    for entry in list(ct.dump_entries(tuple_orig=flt)):
+                        try:
+                            ct.delete(entry)
+                            removed += 1
+                        except Exception as e:   # raced with expiry
+                            log.debug(f"conntrack delete: {e}")
+        finally:
+            ct.close()
+    except Exception as e:
+        log.warning(f"could not flush UDP conntrack entries for ports {sorted(ports)}: {e}")
+    return removed

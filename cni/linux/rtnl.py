@@ -1,0 +1,256 @@
+"""A small synchronous rtnetlink client: pyroute2's message classes over a plain netlink socket.
+
+Why not pyroute2's IPRoute: importing it costs 70-90 ms here (the package `__init__` imports every
+module it has, asyncio included), on every pod start. Its message classes alone cost about 15 ms,
+and a blocking socket is all a CNI call needs. Every operation pycni makes on links, addresses and
+routes goes through the methods below, so this is also the seam tests can fake.
+
+Rule: methods raise `NetlinkError` (errno in `.code`) exactly like pyroute2 does; callers in
+`cni.bridge.apply` decide what an errno means.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import struct
+import sys
+import types
+from typing import Any
+
+from cni.linux.links import family
+
+NETLINK_ROUTE = 0
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+NLM_F_REPLACE = 0x100
+IFF_UP, IFF_PROMISC = 0x1, 0x100
+RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+_HDR = struct.Struct("IHHII")
+
+
+class NetlinkError(Exception):
+    def __init__(self, code: int, msg: str = ""):
+        super().__init__(code, msg or os.strerror(code))
+        self.code = code
+
+
+def _import_messages():
+    """pyroute2's rtnl message classes, without running the pyroute2 package `__init__`."""
+    if "pyroute2" not in sys.modules:
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("pyroute2 is not installed")
+        pkg = types.ModuleType("pyroute2")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__spec__ = spec
+        pkg.__file__ = spec.origin
+        sys.modules["pyroute2"] = pkg   # a bare package: submodules import, the __init__ does not run
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return ifinfmsg, ifaddrmsg, rtmsg
+
+
+ifinfmsg, ifaddrmsg, rtmsg = _import_messages()
+
+
+class Rtnl:
+    """One netlink socket, bound to the network namespace it was opened in."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:   # let the kernel filter dumps (addresses of one link), instead of dumping every link's
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # ------------------------------------------------------------ transport
+
+    def _request(self, cls, msg_type: int, flags: int, fields: dict, attrs: list) -> list:
+        self.seq += 1
+        msg = cls()
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self.seq
+        msg["header"]["pid"] = 0
+        for key, value in fields.items():
+            msg[key] = value
+        msg["attrs"] = attrs
+        msg.encode()
+        self.sock.send(msg.data)
+        out = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset < len(data):
+                length, kind, mflags, seq, _ = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise NetlinkError(71, "malformed netlink message")   # EPROTO
+                if seq == self.seq:
+                    if kind == NLMSG_ERROR:
+                        err = struct.unpack_from("i", data, offset + _HDR.size)[0]
+                        if err:
+                            raise NetlinkError(-err)
+                        return out
+                    if kind == NLMSG_DONE:
+                        return out
+                    reply = cls(data[offset:offset + length])
+                    reply.decode()
+                    out.append(reply)
+                    if not mflags & NLM_F_MULTI and not flags & NLM_F_ACK:
+                        return out
+                offset += (length + 3) & ~3
+
+    def _link(self, msg_type: int, flags: int, index: int = 0, attrs: list | None = None,
+              ifi_flags: int = 0, change: int = 0, family: int = 0) -> list:
+        return self._request(ifinfmsg, msg_type, flags,
+                             {"family": family, "index": index, "flags": ifi_flags, "change": change},
+                             attrs or [])
+
+    # ------------------------------------------------------------ links
+
+    def link_by_name(self, name: str) -> Any | None:
+        try:
+            return self._link(RTM_GETLINK, NLM_F_REQUEST, attrs=[("IFLA_IFNAME", name)])[0]
+        except NetlinkError as e:
+            if e.code == 19:   # ENODEV
+                return None
+            raise
+
+    def link_by_index(self, index: int) -> Any | None:
+        try:
+            return self._link(RTM_GETLINK, NLM_F_REQUEST, index=index)[0]
+        except NetlinkError as e:
+            if e.code == 19:
+                return None
+            raise
+
+    def links(self) -> list:
+        return self._link(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
+
+    def create_bridge(self, name: str, mtu: int | None = None) -> None:
+        attrs = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+        if mtu:
+            attrs.insert(1, ("IFLA_MTU", mtu))
+        self._link(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, attrs=attrs)
+
+    def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int | None = None,
+                    peer_mac: str = "") -> None:
+        peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd)]
+        attrs: list = [("IFLA_IFNAME", name)]
+        if mtu:
+            peer_attrs.append(("IFLA_MTU", mtu))
+            attrs.append(("IFLA_MTU", mtu))
+        if peer_mac:
+            peer_attrs.append(("IFLA_ADDRESS", peer_mac))
+        attrs.append(("IFLA_LINKINFO", {"attrs": [
+            ("IFLA_INFO_KIND", "veth"),
+            ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]})]}))
+        self._link(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, attrs=attrs)
+
+    def set_link(self, index: int, *, up: bool | None = None, promisc: bool | None = None,
+                 master: int | None = None, alias: str | None = None, address: str | None = None) -> None:
+        attrs: list = []
+        if master is not None:
+            attrs.append(("IFLA_MASTER", master))
+        if alias is not None:
+            attrs.append(("IFLA_IFALIAS", alias))
+        if address is not None:
+            attrs.append(("IFLA_ADDRESS", address))
+        flags = change = 0
+        if up is not None:
+            change |= IFF_UP
+            flags |= IFF_UP if up else 0
+        if promisc is not None:
+            change |= IFF_PROMISC
+            flags |= IFF_PROMISC if promisc else 0
+        self._link(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, index=index, attrs=attrs, ifi_flags=flags,
+                   change=change)
+
+    def set_hairpin(self, index: int) -> None:
+        self._link(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, index=index, attrs=[
+            ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"),
+                                         ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]})])
+
+    def delete_link(self, index: int) -> None:
+        self._link(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, index=index)
+
+    # ------------------------------------------------------------ addresses
+
+    def _addr(self, msg_type: int, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
+        attrs: list = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        if flags:
+            attrs.append(("IFA_FLAGS", flags))
+        create = NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWADDR else 0
+        self._request(ifaddrmsg, msg_type, NLM_F_REQUEST | NLM_F_ACK | create,
+                      {"family": family(6 if ":" in address else 4), "prefixlen": prefixlen, "flags": 0, "scope": 0,
+                       "index": index}, attrs)
+
+    def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
+        self._addr(RTM_NEWADDR, index, address, prefixlen, flags)
+
+    def del_address(self, index: int, address: str, prefixlen: int) -> None:
+        self._addr(RTM_DELADDR, index, address, prefixlen)
+
+    def addresses(self, index: int, family: int = 0) -> list:
+        msgs = self._request(ifaddrmsg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
+                             {"family": family, "index": index}, [])
+        return [m for m in msgs if m["index"] == index]   # (older kernels ignore the filter)
+
+    # ------------------------------------------------------------ routes
+
+    def add_route(self, family: int, dst: str, dst_len: int, oif: int, gateway: str | None = None,
+                  priority: int | None = None, table: int | None = None, scope: int | None = None,
+                  mtu: int | None = None, advmss: int | None = None) -> None:
+        attrs: list = []
+        if dst_len:
+            attrs.append(("RTA_DST", dst))
+        if gateway:
+            attrs.append(("RTA_GATEWAY", gateway))
+        attrs.append(("RTA_OIF", oif))
+        if priority is not None:
+            attrs.append(("RTA_PRIORITY", priority))
+        if table is not None and table > 255:
+            attrs.append(("RTA_TABLE", table))
+        metrics = [(name, v) for name, v in (("RTAX_MTU", mtu), ("RTAX_ADVMSS", advmss)) if v]
+        if metrics:
+            attrs.append(("RTA_METRICS", {"attrs": metrics}))
+        if scope is None:
+            scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        self._request(rtmsg, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                      {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
+                       "table": table if table is not None and table <= 255 else RT_TABLE_MAIN,
+                       "proto": RTPROT_STATIC, "scope": scope, "type": RTN_UNICAST, "flags": 0}, attrs)
+
+    def replace_route(self, family: int, dst: str, dst_len: int, gateway: str, proto: int) -> None:
+        """Create or replace the main-table route to dst/dst_len via `gateway` (the kernel picks
+        the interface), marked with routing protocol `proto` so its owner can find it again."""
+        self._request(rtmsg, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                      {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
+                       "table": RT_TABLE_MAIN, "proto": proto, "scope": RT_SCOPE_UNIVERSE,
+                       "type": RTN_UNICAST, "flags": 0},
+                      [("RTA_DST", dst), ("RTA_GATEWAY", gateway)])
+
+    def delete_route(self, family: int, dst: str, dst_len: int, proto: int) -> None:
+        self._request(rtmsg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK,
+                      {"family": family, "dst_len": dst_len, "src_len": 0, "tos": 0,
+                       "table": RT_TABLE_MAIN, "proto": proto, "scope": RT_SCOPE_UNIVERSE,
+                       "type": RTN_UNICAST, "flags": 0}, [("RTA_DST", dst)])
+
+    def routes(self, family: int) -> list:
+        return self._request(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, {"family": family}, [])

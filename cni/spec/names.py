@@ -1,0 +1,86 @@
+"""Validation of the names the runtime hands us, and the names we derive from them.
+
+Rule: every name that ends up in a path, a link name or a rule comment passes through here first.
+Derived names are pure functions of (network, container id, ifname), so DEL and GC find what ADD made.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cni.spec.errors import InvalidConfig, InvalidEnvironment, UnknownContainer
+
+_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+MAX_ID_LEN = 1024
+IFNAMSIZ = 15
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of `text`, hex. CPython's built-in implementation: `hashlib` would first load
+    OpenSSL's libcrypto through `_hashlib`, 2-3 ms of every plugin process's start (measured)."""
+    try:
+        from _sha256 import sha256          # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256        # CPython >= 3.12
+        except ImportError:
+            from hashlib import sha256
+    return sha256(text.encode()).hexdigest()
+
+
+def validate_container_id(cid: str) -> None:
+    if not cid:
+        raise UnknownContainer("missing containerID", "CNI_CONTAINERID is empty")
+    if len(cid) > MAX_ID_LEN or not _ID_RE.match(cid):
+        raise InvalidEnvironment(
+            "invalid characters in containerID",
+            f"CNI_CONTAINERID {cid[:80]!r} must match {_ID_RE.pattern}",
+        )
+
+
+def validate_ifname(ifname: str) -> None:
+    problem = ""
+    if not ifname:
+        problem = "is empty"
+    elif len(ifname.encode()) > IFNAMSIZ:
+        problem = f"is longer than {IFNAMSIZ} bytes"
+    elif ifname in (".", ".."):
+        problem = "is . or .."
+    elif any(c in ifname for c in "/:") or any(c.isspace() for c in ifname):
+        problem = "contains '/', ':' or whitespace"
+    elif not ifname.isprintable():
+        problem = "contains unprintable characters"
+    if problem:
+        raise InvalidEnvironment("invalid interface name", f"CNI_IFNAME {ifname[:40]!r} {problem}")
+
+
+def validate_network_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidConfig("missing network name", "the config has no \"name\"")
+    if len(name) > 253 or not _ID_RE.match(name):
+        raise InvalidConfig(
+            "invalid characters in network name",
+            f"name {str(name)[:80]!r} must match {_ID_RE.pattern}",
+        )
+    return name
+
+
+def attachment_hash(network: str, container_id: str, ifname: str) -> str:
+    return sha256_hex(f"{network}/{container_id}/{ifname}")
+
+
+def host_veth_name(network: str, container_id: str, ifname: str) -> str:
+    """'veth' + 11 hex digits: 15 bytes, stable for one attachment of one network."""
+    return "veth" + attachment_hash(network, container_id, ifname)[:11]
+
+
+def attachment_alias(network: str, container_id: str, ifname: str) -> str:
+    """Written as the host veth's alias so GC can find what belongs to which attachment."""
+    return f"pycni/{network}/{container_id}/{ifname}"
+
+
+def parse_attachment_alias(alias: str) -> tuple[str, str, str] | None:
+    parts = alias.split("/")
+    if len(parts) != 4 or parts[0] != "pycni":
+        return None
+    return parts[1], parts[2], parts[3]

@@ -1,0 +1,110 @@
+"""`pycni` for people (no CNI_COMMAND in the environment): --version, and `exec`, which runs a
+conflist against a network namespace the way a container runtime would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from cni.spec.version import PYCNI
+from cni.spec.errors import CNIError
+from cni.spec.version import CURRENT, SUPPORTED
+
+DEFAULT_CNI_PATH = "/opt/cni/bin"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pycni",
+        description="pycni CNI plugin. Run by a container runtime with CNI_COMMAND set; "
+                    "by hand, `pycni exec` drives a conflist as libcni does.")
+    p.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = p.add_subparsers(dest="cmd")
+    ex = sub.add_parser("exec", help="run a .conflist (add, del, check, status, gc)")
+    ex.add_argument("verb", choices=["add", "del", "check", "status", "gc"])
+    ex.add_argument("conflist", help="network configuration list (.conflist JSON, .conf or YAML)")
+    ex.add_argument("netns", nargs="?", default="", help="path of the pod network namespace")
+    ex.add_argument("--container-id", help="default: a hash of the netns path")
+    ex.add_argument("--ifname", default="eth0")
+    ex.add_argument("--args", default="", help="CNI_ARGS, e.g. 'IgnoreUnknown=1;IP=10.1.0.9'")
+    ex.add_argument("--runtime-config", default="{}",
+                    help="capability args as JSON, e.g. '{\"portMappings\": [...], \"mac\": \"...\"}'")
+    ex.add_argument("--cni-path", default=os.environ.get("CNI_PATH", DEFAULT_CNI_PATH),
+                    help="plugin directories, ':'-separated (default $CNI_PATH or /opt/cni/bin)")
+    ex.add_argument("--cache-dir", default=os.environ.get("PYCNI_CACHE_DIR", "/var/lib/cni/results"))
+    ex.add_argument("--valid", action="append", default=[], metavar="ID/IFNAME",
+                    help="gc: an attachment that is still valid (repeatable)")
+    ins = sub.add_parser("install", help="install the self-contained build and a conflist, atomically")
+    ins.add_argument("--bin-dir", default=DEFAULT_CNI_PATH)
+    ins.add_argument("--conf-dir", default="/etc/cni/net.d")
+    ins.add_argument("--conflist", help="network configuration to install (.conflist/.conf JSON or YAML)")
+    ins.add_argument("--conf-name", help="file name in --conf-dir (default: the conflist's own name)")
+    ins.add_argument("--from", dest="source", metavar="DIR",
+                     help="the build to install (default: the one this pycni runs from)")
+    ag = sub.add_parser("agent", help="node agent of a Kubernetes cluster (the DaemonSet's process)")
+    from cni.agent.main import add_arguments
+
+    add_arguments(ag)
+    hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
+    hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"pycni {PYCNI}\nCNI spec versions: {', '.join(SUPPORTED)} (current {CURRENT})")
+        return 0
+    if args.cmd == "helper":
+        from cni.runtime.server import serve
+
+        return serve(args.socket)
+    if args.cmd == "agent":
+        from cni.agent.main import run
+
+        return run(args)
+    if args.cmd == "install":
+        from cni.tools.install import main as install
+
+        try:
+            for line in install(args.bin_dir, args.conf_dir, args.conflist, args.source, args.conf_name):
+                print(f"installed {line}")
+            return 0
+        except CNIError as e:
+            print(f"pycni install: {e.msg}" + (f": {e.details}" if e.details else ""), file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"pycni install: {e}", file=sys.stderr)
+            return 1
+    if args.cmd != "exec":
+        _parser().print_help(sys.stderr)
+        return 2
+    from cni.tools.driver import Attachment, Driver, default_container_id, load_conflist
+
+    try:
+        netlist = load_conflist(args.conflist)
+        runtime = json.loads(args.runtime_config)
+        driver = Driver(netlist, [p for p in args.cni_path.split(os.pathsep) if p], args.cache_dir)
+        if args.verb in ("add", "del", "check") and not args.netns and args.verb != "del":
+            raise CNIError("a netns path is required", f"pycni exec {args.verb} CONFLIST NETNS")
+        att = Attachment(args.container_id or default_container_id(args.netns), args.netns,
+                         args.ifname, args.args, runtime)
+        if args.verb == "add":
+            print(json.dumps(driver.add(att), indent=2))
+        elif args.verb == "del":
+            driver.delete(att)
+        elif args.verb == "check":
+            driver.check(att)
+        elif args.verb == "status":
+            driver.status()
+        else:
+            driver.gc([tuple(v.rsplit("/", 1)) for v in args.valid])
+        return 0
+    except CNIError as e:
+        print(json.dumps(e.to_dict(CURRENT), indent=2))
+        return 1
+    except (OSError, ValueError) as e:
+        print(json.dumps(CNIError("pycni exec failed", str(e)).to_dict(CURRENT), indent=2))
+        return 1

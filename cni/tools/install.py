@@ -1,0 +1,245 @@
+"""`pycni install`: put the frozen executable into a CNI bin dir and a conflist into a conf dir,
+so that a runtime never sees a half-written file.
+
+Layout in the bin dir (one-directory build, see README):
+
+    BIN/.pycni/<version>-<digest>/pycni        the executable
+    BIN/.pycni/<version>-<digest>/_internal/   Python and the libraries it loads
+    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-loopback  ->  .pycni/<id>/pycni
+    BIN/loopback  ->  the same, unless BIN already has a loopback plugin of its own
+
+A new version is copied to a temporary directory and renamed into place; each name in BIN is then
+switched with a symlink written under a temporary name and renamed over the old one (rename is
+atomic, so an exec sees the old build or the new one, never "text file busy" or a partial file).
+The previous build is kept (a process may be starting from it); older ones are removed.
+
+The conflist is written as `<name>.temp` (a name runtimes do not load) and renamed to its final
+`.conflist` name, because runtimes pick the first config file in lexical order as soon as it appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from cni.spec.version import PYCNI
+from cni.spec.errors import CNIError, InvalidConfig
+
+NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-loopback")
+LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed only where none is
+STORE = ".pycni"
+EXE = "pycni"
+KEEP = 2                     # the installed build and the one before it
+STALE_TMP_SECONDS = 3600     # temporary dirs of an installer that died
+
+
+def running_bundle() -> Path | None:
+    """The one-directory build this process runs from, when frozen."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent
+    return None
+
+
+def bundle_id(bundle: Path) -> str:
+    """`<version>-<digest>` of the files that make up the build (same files, same id)."""
+    h = hashlib.sha256()
+    for path in sorted(_bundle_files(bundle)):
+        rel = path.relative_to(bundle).as_posix()
+        h.update(rel.encode() + b"\0")
+        if path.is_symlink():
+            h.update(b"L" + os.readlink(path).encode())
+        else:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        h.update(b"\0")
+    return f"{PYCNI}-{h.hexdigest()[:12]}"
+
+
+def _bundle_files(bundle: Path) -> list[Path]:
+    files = [bundle / EXE]
+    internal = bundle / "_internal"
+    if internal.is_dir():
+        files += [p for p in internal.rglob("*") if p.is_file() or p.is_symlink()]
+    return files
+
+
+def _check_bundle(bundle: Path) -> None:
+    exe = bundle / EXE
+    if not (exe.is_file() and os.access(exe, os.X_OK) and (bundle / "_internal").is_dir()):
+        raise InvalidConfig("not a pycni build", f"{bundle} has no executable {EXE} and _internal/ "
+                                                 "(build one with `make build`)")
+
+
+def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES + (LOOPBACK,)) -> Path:
+    """Install `bundle` (a dist/pycni directory) into `bin_dir`; returns the installed executable."""
+    _check_bundle(bundle)
+    store = bin_dir / STORE
+    store.mkdir(parents=True, exist_ok=True)
+    build = bundle_id(bundle)
+    target = store / build
+    if not (target / EXE).is_file():
+        tmp = store / f".tmp-{build}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copy2(bundle / EXE, tmp / EXE)
+        shutil.copytree(bundle / "_internal", tmp / "_internal", symlinks=True)
+        _sync_tree(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)   # a concurrent installer put the same build there
+            if not (target / EXE).is_file():
+                raise
+    ours = [n for n in names if n != LOOPBACK]
+    if LOOPBACK in names and _ours_or_absent(bin_dir / LOOPBACK):
+        ours.append(LOOPBACK)
+    previous = {_link_build(bin_dir / n) for n in ours} - {None, build}
+    relative = f"{STORE}/{build}/{EXE}"
+    for name in ours:
+        _replace_symlink(bin_dir / name, relative)
+    _fsync_dir(bin_dir)
+    _prune(store, keep={build, *previous})
+    return bin_dir / names[0]
+
+
+def _ours_or_absent(path: Path) -> bool:
+    return not os.path.lexists(path) or _link_build(path) is not None
+
+
+def _link_build(link: Path) -> str | None:
+    try:
+        parts = Path(os.readlink(link)).parts
+    except OSError:
+        return None
+    return parts[1] if len(parts) == 3 and parts[0] == STORE else None
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _prune(store: Path, keep: set[str]) -> None:
+    """Remove builds no name points at any more (keeping `keep`, at most KEEP newest of them)."""
+    now = time.time()
+    builds = []
+    for entry in store.iterdir():
+        if entry.name.startswith(".tmp-"):
+            if now - entry.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_dir():
+            builds.append(entry)
+    builds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = [b for b in builds if b.name in keep][:KEEP]
+    for b in builds:
+        if b not in kept:
+            shutil.rmtree(b, ignore_errors=True)
+
+
+def _sync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ conflist
+
+
+def validate_conflist(conf: Mapping[str, Any]) -> None:
+    """What a runtime would reject, and pycni's own plugins' configs, before anything is written."""
+    from cni.spec.version import SUPPORTED
+
+    for key in ("name", "cniVersion"):
+        if not isinstance(conf.get(key), str) or not conf[key]:
+            raise InvalidConfig("invalid network configuration", f"missing {key!r}")
+    if conf["cniVersion"] not in SUPPORTED:
+        raise InvalidConfig("invalid network configuration",
+                            f"cniVersion {conf['cniVersion']!r} not in {', '.join(SUPPORTED)}")
+    for plugin in conf["plugins"]:
+        if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str):
+            raise InvalidConfig("invalid network configuration", "every plugin needs a \"type\"")
+        full = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"]}
+        if plugin["type"] == "pycni":
+            from cni.bridge import config
+
+            config.parse(full, {})
+        elif plugin["type"] == "pycni-portmap":
+            from cni.portmap.options import parse_options
+
+            parse_options(full)
+
+
+def conflist_filename(source: str, name: str | None = None) -> str:
+    base = name or os.path.basename(source)
+    stem = base.rsplit(".", 1)[0] if base.endswith((".conf", ".conflist", ".json", ".yaml", ".yml")) else base
+    if not stem or "/" in stem or stem.startswith("."):
+        raise InvalidConfig("invalid conflist file name", repr(base))
+    return f"{stem}.conflist"
+
+
+def install_conflist(conf: Mapping[str, Any], conf_dir: Path, filename: str) -> Path:
+    validate_conflist(conf)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    final = conf_dir / filename
+    tmp = conf_dir / f"{filename}.temp"
+    data = (json.dumps(conf, indent=2) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    _fsync_dir(conf_dir)
+    return final
+
+
+def main(bin_dir: str, conf_dir: str, conflist: str | None, source: str | None,
+         conf_name: str | None) -> list[str]:
+    """The `pycni install` command; returns what it did, one line per installed file."""
+    bundle = Path(source) if source else running_bundle()
+    if bundle is None:
+        raise CNIError("pycni install needs the self-contained build",
+                       "run dist/pycni/pycni install ... (make build), or pass --from dist/pycni")
+    done = []
+    conf = None
+    if conflist:
+        from cni.tools.driver import load_conflist
+
+        conf = load_conflist(conflist)
+        validate_conflist(conf)          # before the binaries: a bad conflist changes nothing
+    exe = install_binaries(bundle.resolve(), Path(bin_dir))
+    also = [n for n in NAMES[1:] + (LOOPBACK,) if _link_build(Path(bin_dir) / n)]
+    done.append(f"{exe} -> {os.readlink(exe)} (also {', '.join(also)})")
+    if LOOPBACK not in also:
+        done.append(f"kept {Path(bin_dir) / LOOPBACK}: it is another vendor's loopback plugin")
+    if conf is not None:
+        done.append(str(install_conflist(conf, Path(conf_dir), conflist_filename(conflist, conf_name))))
+    return done

@@ -1,0 +1,74 @@
+"""IPAM for the bridge plugin: `pycni-ipam` in process, any other type executed from CNI_PATH.
+
+Rule: callers see one interface whichever way the IPAM runs; errors keep their CNI codes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from cni.spec import result
+from cni.bridge.config import NetConf
+from cni.spec.errors import CNIError, DecodeFailure
+from cni.spec.result import IPAddress, Result
+from cni.spec.skel import Request
+
+
+def _ipam_config(conf: NetConf, req: Request):
+    from ipam import config as ipam_config
+
+    return ipam_config.parse(conf.ipam, conf.name, conf.runtime_config, conf.args, req.args)
+
+
+def _run(conf: NetConf, req: Request, command: str) -> dict | None:
+    from ipam.delegate import exec_plugin      # subprocess only when the IPAM is another program
+
+    return exec_plugin(conf.ipam_type, command, req.env, req.path, req.raw_config)
+
+
+def add(conf: NetConf, req: Request) -> Result:
+    if conf.ipam_in_process:
+        from ipam import service
+
+        return service.add(_ipam_config(conf, req), req.container_id, req.ifname)
+    out = _run(conf, req, "ADD")
+    try:
+        return result.parse(out or {})
+    except DecodeFailure as e:
+        raise CNIError(f"IPAM plugin {conf.ipam_type} returned an invalid result", e.details) from None
+
+
+def delete(conf: NetConf, req: Request) -> None:
+    if conf.ipam_in_process:
+        from ipam import service
+
+        service.delete(_ipam_config(conf, req), req.container_id, req.ifname)
+    else:
+        _run(conf, req, "DEL")
+
+
+def check(conf: NetConf, req: Request, expected: Iterable[IPAddress]) -> None:
+    if conf.ipam_in_process:
+        from ipam import service
+
+        service.check(_ipam_config(conf, req), req.container_id, req.ifname, expected)
+    else:
+        _run(conf, req, "CHECK")
+
+
+def status(conf: NetConf, req: Request) -> None:
+    if conf.ipam_in_process:
+        from ipam import service
+
+        service.status(_ipam_config(conf, req))
+    else:
+        _run(conf, req, "STATUS")
+
+
+def gc(conf: NetConf, req: Request, valid: list[tuple[str, str]]) -> None:
+    if conf.ipam_in_process:
+        from ipam import service
+
+        service.gc(_ipam_config(conf, req), valid)
+    else:
+        _run(conf, req, "GC")
