@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
 .venv/bin/python -c "import PyInstaller" 2>/dev/null ||
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[build]' 2>&1 | grep -v '^WARNING: Location' || true
+  bash scripts/pip.sh -e '.[build]'
 rm -rf dist/pycni
 .venv/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/.work build/pycni.spec
 for name in pycni-ipam pycni-portmap pycni-loopback loopback; do ln -s pycni "dist/pycni/$name"; done

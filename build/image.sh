@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the DaemonSet image without a container daemon or registry: the plugin build (dist/pycni)
-# and the agent build (dist/pycni-agent), nft with its libraries, glibc, and busybox for `kubectl exec`,
-# written as an OCI image archive by build/oci_image.py.
+# and the agent build (dist/pycni-agent), nft with its libraries, glibc, and busybox for `kubectl exec`
+# are gathered into a root filesystem, which `podman build` turns into the image of build/Containerfile
+# (FROM scratch, offline; podman keeps its storage under build/.work/podman, not the machine's).
 #   bash build/image.sh            -> dist/pycni-image.oci.tar, image localhost/pycni:<version>
 #   kind load image-archive dist/pycni-image.oci.tar
 set -euo pipefail
@@ -10,7 +11,7 @@ VERSION=$(.venv/bin/python -c 'from cni.spec.version import PYCNI; print(PYCNI)'
 IMAGE=${PYCNI_IMAGE:-localhost/pycni:$VERSION}
 bash build/build.sh
 .venv/bin/python -c "import kubernetes" 2>/dev/null ||
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[agent]' 2>&1 | grep -v '^WARNING: Location' || true
+  bash scripts/pip.sh -e '.[agent]'
 rm -rf dist/pycni-agent
 .venv/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/.work build/pycni-agent.spec
 
@@ -41,7 +42,10 @@ done
 if [ -e /lib64/ld-linux-x86-64.so.2 ] && [ ! -e "$ROOTFS/lib64/ld-linux-x86-64.so.2" ]; then
   mkdir -p "$ROOTFS/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$ROOTFS/lib64/"
 fi
-.venv/bin/python build/oci_image.py dist/pycni-image.oci.tar --rootfs "$ROOTFS" --name "$IMAGE" \
-  --entrypoint '["/opt/pycni/agent/pycni-agent"]' \
-  --env PATH=/opt/pycni/plugin:/usr/sbin:/bin
+STORE=build/.work/podman
+PODMAN=(podman --root "$PWD/$STORE/root" --runroot "$PWD/$STORE/run" --storage-driver vfs)
+"${PODMAN[@]}" build --quiet -f build/Containerfile -t "$IMAGE" "$ROOTFS" >/dev/null
+rm -f dist/pycni-image.oci.tar
+"${PODMAN[@]}" save --quiet --format oci-archive -o dist/pycni-image.oci.tar "$IMAGE"
+"${PODMAN[@]}" rmi --force "$IMAGE" >/dev/null
 echo "image $IMAGE in dist/pycni-image.oci.tar ($(du -h dist/pycni-image.oci.tar | cut -f1))"

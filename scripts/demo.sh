@@ -4,7 +4,7 @@
 # the host (bridge, IPAM state), two pod namespaces sit beside it. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 
 ID="pycni-demo-$$"
 NODE="$ID-node"

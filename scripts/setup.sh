@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Installs what pycni's demo, build and tests need on a fresh Debian 12 machine (run as root):
-# Debian packages (iproute2, iptables, nftables, conntrack, ping, the reference CNI plugins, and for
-# the end-to-end tests containerd, runc, podman, busybox-static, curl) and a virtualenv in .venv
-# with pycni, its test dependencies and PyInstaller. Safe to run again: it skips what is there.
+# Installs what pycni needs on a fresh Debian 12 machine (run as root), for one of two uses:
+#   bash scripts/setup.sh demo   iproute2, ping, python3-venv, and a virtualenv .venv with pycni
+#   bash scripts/setup.sh [test] also nftables, iptables, conntrack, the reference CNI plugins (side
+#                                by side tests), containerd, runc, podman, busybox-static, curl (the
+#                                end-to-end tests), and pycni's test dependencies and PyInstaller
+# Safe to run again: it skips what is there. A failed install stops it with the installer's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(iproute2 iptables nftables conntrack iputils-ping containernetworking-plugins python3-venv
-      containerd runc podman busybox-static curl)
+PROFILE=${1:-test}
+PKGS=(iproute2 iputils-ping python3-venv)
+EXTRAS=""
+case "$PROFILE" in
+  demo) ;;
+  test) PKGS+=(iptables nftables conntrack containernetworking-plugins containerd runc podman busybox-static curl)
+        EXTRAS="[test,build]" ;;
+  *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+esac
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,5 +32,5 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,build]' 2>&1 | grep -v '^WARNING: Location' || true
+bash scripts/pip.sh -e ".$EXTRAS"
 .venv/bin/pycni --version >/dev/null

@@ -17,7 +17,7 @@ from cni.spec.errors import CNIError, DecodeFailure, InvalidConfig
 from cni.spec.result import DNS, Result
 
 IN_PROCESS_IPAM = "pycni-ipam"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class NetConf:
 
 
 def validate_mac(mac: str, source: str) -> str:
-    if not _MAC_RE.match(mac):
+    if not _MAC_RE.fullmatch(mac):
         raise InvalidConfig("invalid MAC address", f"{source}: {mac!r}")
     if int(mac[:2], 16) & 1:
         raise InvalidConfig("invalid MAC address", f"{source}: {mac} is a multicast address")

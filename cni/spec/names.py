@@ -10,7 +10,7 @@ import re
 
 from cni.spec.errors import InvalidConfig, InvalidEnvironment, UnknownContainer
 
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")   # always fullmatch: `$` would accept a final "\n"
 MAX_ID_LEN = 1024
 IFNAMSIZ = 15
 
@@ -31,7 +31,7 @@ def sha256_hex(text: str) -> str:
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise UnknownContainer("missing containerID", "CNI_CONTAINERID is empty")
-    if len(cid) > MAX_ID_LEN or not _ID_RE.match(cid):
+    if len(cid) > MAX_ID_LEN or not _ID_RE.fullmatch(cid):
         raise InvalidEnvironment(
             "invalid characters in containerID",
             f"CNI_CONTAINERID {cid[:80]!r} must match {_ID_RE.pattern}",
@@ -57,7 +57,7 @@ def validate_ifname(ifname: str) -> None:
 def validate_network_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidConfig("missing network name", "the config has no \"name\"")
-    if len(name) > 253 or not _ID_RE.match(name):
+    if len(name) > 253 or not _ID_RE.fullmatch(name):
         raise InvalidConfig(
             "invalid characters in network name",
             f"name {str(name)[:80]!r} must match {_ID_RE.pattern}",

@@ -32,6 +32,7 @@ def test_default_gateway_implies_gateway():
     ({"ipam": {"subnet": "10.0.0.0/24"}}, "type"),
     ({"ipMasqBackend": "pf"}, "ipMasqBackend"),
     ({"runtimeConfig": {"mac": "zz:zz"}}, "MAC"),
+    ({"runtimeConfig": {"mac": "02:00:00:00:00:01\n"}}, "MAC"),   # `$` accepted a final newline
     ({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}}, "multicast"),
 ])
 def test_invalid_options(extra, words):

@@ -75,6 +75,10 @@ def test_version_needs_no_stdin():
     ("ADD", CONF, {"CNI_IFNAME": "eth/0"}, 4, "interface name"),
     ("ADD", CONF, {"CNI_IFNAME": ".."}, 4, "interface name"),
     ("ADD", CONF, {"CNI_CONTAINERID": "../../x"}, 4, "containerID"),
+    # `$` in a Python regex also matches before a final newline: found by the fuzz suite, where
+    # an id "eth0\n" passed, was stored as "eth0" + newline and its reservation never released
+    ("ADD", CONF, {"CNI_CONTAINERID": "eth0\n"}, 4, "containerID"),
+    ("ADD", {**CONF, "name": "net\n"}, {}, 7, "invalid characters"),
     ("ADD", CONF, {"CNI_CONTAINERID": ""}, 3, "containerID"),
     ("ADD", CONF, {"CNI_NETNS": "/no/such/netns"}, 4, "CNI_NETNS"),
     ("ADD", CONF, {"CNI_ARGS": "FOO=1"}, 4, "IgnoreUnknown"),
