@@ -65,17 +65,13 @@ def _range_of(rs: RangeSet, ip: IPAddress) -> Range:
 
 
 def find(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
-    return [ip for ip, holder in store.holders().items() if _matches(holder, container_id, ifname)]
-
-
-def _matches(holder: tuple[str, str], container_id: str, ifname: str) -> bool:
-    cid, held_if = holder
-    return cid == container_id and (held_if == ifname or held_if == "")
+    """Every address the attachment holds (host-local's id-only reservations of the id included)."""
+    return store.held_by(container_id, ifname)
 
 
 def allocate(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[IPConfig]:
     """One address per range set, for (container_id, ifname). All or nothing."""
-    held = store.held_by(container_id, ifname)
+    held = find(store, container_id, ifname)
     if held:
         raise CNIError(
             "duplicate allocation",
@@ -104,7 +100,6 @@ def allocate(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> 
         for c in got:
             store.release(c.address.ip)
         raise
-    store.remember(container_id, ifname, [c.address.ip for c in got])
     return got
 
 
@@ -112,8 +107,17 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     ips = find(store, container_id, ifname)      # every file: host-local's reservations too
     for ip in ips:
         store.release(ip)
-    store.forget(container_id, ifname)
     return ips
+
+
+def release_exactly(store: Store, container_id: str, ifname: str, ips: Iterable[IPAddress]) -> list[IPAddress]:
+    """Release those of `ips` that the attachment still holds: an ADD's rollback gives back what it
+    reserved and nothing else (never an address of an earlier ADD of the same attachment)."""
+    held = set(find(store, container_id, ifname))
+    gone = [ip for ip in ips if ip in held]
+    for ip in gone:
+        store.release(ip)
+    return gone
 
 
 def collect_garbage(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAddress]:
@@ -125,7 +129,6 @@ def collect_garbage(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAd
         keep = (cid, ifname) in valid if ifname else cid in valid_ids
         if not keep:
             store.release(ip)
-            store.forget(cid, ifname)
             gone.append(ip)
     return gone
 

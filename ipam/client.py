@@ -5,13 +5,15 @@ Rule: callers see one interface whichever way the IPAM runs; errors keep their C
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from cni.spec import result
-from cni.bridge.config import NetConf
 from cni.spec.errors import CNIError, DecodeFailure
 from cni.spec.result import IPAddress, Result
 from cni.spec.skel import Request
+
+if TYPE_CHECKING:     # the bridge plugin's config; ipam/ does not import the plugin
+    from cni.bridge.config import NetConf
 
 
 def _ipam_config(conf: NetConf, req: Request):
@@ -43,6 +45,18 @@ def delete(conf: NetConf, req: Request) -> None:
         from ipam import service
 
         service.delete(_ipam_config(conf, req), req.container_id, req.ifname)
+    else:
+        _run(conf, req, "DEL")
+
+
+def rollback(conf: NetConf, req: Request, added: Result) -> None:
+    """Undo this ADD's IPAM step: in process, exactly the addresses it reserved; a delegated IPAM
+    can only be asked to DEL the attachment."""
+    if conf.ipam_in_process:
+        from ipam import service
+
+        service.rollback(_ipam_config(conf, req), req.container_id, req.ifname,
+                         [ip.address.ip for ip in added.ips])
     else:
         _run(conf, req, "DEL")
 

@@ -10,6 +10,10 @@ from typing import Mapping
 from cni.spec.errors import CNIError, InvalidConfig
 from cni.spec.log import log
 
+# A delegated plugin (host-local, dhcp, static) answers in milliseconds; one that hangs must not
+# hold the runtime's own deadline (the kubelet's runtime request timeout is 2 minutes).
+DELEGATE_TIMEOUT = 60.0
+
 
 def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
     if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
@@ -29,7 +33,10 @@ def exec_plugin(plugin_type: str, command: str, env: Mapping[str, str], path: tu
     child_env["CNI_COMMAND"] = command
     log.debug(f"delegating {command} to {exe}")
     try:
-        proc = subprocess.run([exe], input=stdin, env=child_env, capture_output=True, timeout=300)
+        proc = subprocess.run([exe], input=stdin, env=child_env, capture_output=True, timeout=DELEGATE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CNIError(f"plugin {plugin_type} did not answer {command}",
+                       f"{exe} ran for over {DELEGATE_TIMEOUT:g}s and was killed") from None
     except (OSError, subprocess.SubprocessError) as e:
         raise CNIError(f"failed to run plugin {plugin_type}", str(e)) from None
     out = proc.stdout.strip()

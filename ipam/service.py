@@ -32,6 +32,14 @@ def delete(conf: IPAMConfig, container_id: str, ifname: str, store: Store | None
         return allocator.release(store, container_id, ifname)
 
 
+def rollback(conf: IPAMConfig, container_id: str, ifname: str, ips: Iterable[IPAddress],
+             store: Store | None = None) -> list[IPAddress]:
+    """Undo one ADD: release the addresses it returned, if the attachment still holds them."""
+    store = store or open_store(conf)
+    with store.lock():
+        return allocator.release_exactly(store, container_id, ifname, ips)
+
+
 def check(conf: IPAMConfig, container_id: str, ifname: str, expected: Iterable[IPAddress] = (),
           store: Store | None = None) -> None:
     store = store or open_store(conf)

@@ -11,7 +11,7 @@ from pathlib import Path
 from cni.spec.log import log
 from cni.spec.result import IPAddress, IPNetwork
 from cni.linux.links import family
-from cni.linux.rtnl import RT_TABLE_MAIN
+from cni.linux.rtnl import RT_TABLE_MAIN, NetlinkError
 from cni.agent.nodes import Desired
 
 RTPROT_PYCNI = 152            # routing protocol number of the agent's routes (`ip route show proto 152`)
@@ -54,7 +54,11 @@ def sync_routes(ipr, want: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
     have = current_routes(ipr)
     removed = changed = 0
     for dst in have.keys() - want.keys():
-        ipr.delete_route(family(dst.version), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
+        try:
+            ipr.delete_route(family(dst.version), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
+        except (OSError, NetlinkError) as e:    # one route that fails costs that route, no more
+            log.error(f"agent: removing route {dst} via {have[dst]}: {e}")
+            continue
         log.info(f"agent: route {dst} via {have[dst]} removed")
         removed += 1
     for dst, via in want.items():
@@ -62,7 +66,7 @@ def sync_routes(ipr, want: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
             continue
         try:
             ipr.replace_route(family(dst.version), str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
-        except OSError as e:      # e.g. the gateway is not on a connected network (yet)
+        except (OSError, NetlinkError) as e:   # e.g. ENETUNREACH: the gateway is not on a connected network (yet)
             log.error(f"agent: route {dst} via {via}: {e}")
             continue
         log.info(f"agent: route {dst} via {via}")

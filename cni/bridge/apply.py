@@ -242,11 +242,15 @@ def pod_link(path: str, ifname: str) -> tuple[Any, Any, list[IPInterface]] | Non
     The caller closes the socket."""
     with netns.entered(path):
         ipr = open_rtnl()
-    msg = lookup(ipr, ifname)
-    if msg is None:
+    try:
+        msg = lookup(ipr, ifname)
+        if msg is None:
+            ipr.close()
+            return None
+        return ipr, msg, addresses_of(ipr, msg["index"])
+    except BaseException:
         ipr.close()
-        return None
-    return ipr, msg, addresses_of(ipr, msg["index"])
+        raise
 
 
 def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str, str]]:

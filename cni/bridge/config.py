@@ -98,9 +98,6 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
     hairpin, promisc = flag(conf, "hairpinMode"), flag(conf, "promiscMode")
     if hairpin and promisc:
         raise InvalidConfig("invalid config", "cannot set hairpin mode and promiscuous mode at the same time")
-    backend = string(conf, "ipMasqBackend")
-    if backend not in ("", "iptables", "nftables"):
-        raise InvalidConfig("invalid ipMasqBackend", f"{backend!r} (iptables or nftables)")
     ipam = conf.get("ipam")
     if ipam is None:
         ipam = {}

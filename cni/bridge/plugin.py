@@ -35,9 +35,43 @@ def _undo(fn: Callable, *args: Any) -> None:
 def _open_pod_netns(path: str) -> tuple[Any, int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        return links.open_rtnl_in(path), fd
     except OSError as e:
         raise InvalidEnvironment("invalid CNI_NETNS", f"{path} is not a network namespace: {e.strerror}") from None
+    try:
+        return links.open_rtnl_in(path), fd
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise InvalidEnvironment("invalid CNI_NETNS",
+                                     f"{path} is not a network namespace: {e.strerror}") from None
+        raise
+
+
+class _Problems:
+    """DEL's record of what failed: every step runs whatever failed before it; the first failure is
+    reported, the others are logged (nothing is lost)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.seen: list[tuple[str, Exception]] = []
+
+    def run(self, step: str, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.seen.append((step, e))
+            return None
+
+    def raise_first(self) -> None:
+        if not self.seen:
+            return
+        for step, e in self.seen[1:]:
+            log.warning(f"{self.what}: {step} also failed: {e}")
+        step, first = self.seen[0]
+        if isinstance(first, CNIError):
+            raise first
+        log.error(f"{self.what}: {step} failed: {first!r}")
+        raise CNIError(f"failed to {step}", str(first)) from first
 
 
 def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
@@ -55,7 +89,7 @@ class BridgePlugin:
             ipam = Result()
             if conf.ipam_type:
                 ipam = ipam_client.add(conf, req)
-                undo.callback(_undo, ipam_client.delete, conf, req)
+                undo.callback(_undo, ipam_client.rollback, conf, req, ipam)
             plan = plan_add(conf, req.container_id, req.netns, req.ifname, ipam)
 
             pod, pod_fd = _open_pod_netns(req.netns)
@@ -98,7 +132,7 @@ class BridgePlugin:
 
     def delete(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)
-        problems: list[Exception] = []
+        problems = _Problems(f"DEL {req.container_id}/{req.ifname}")
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
         pod = None
         if netns.exists(req.netns):
@@ -106,46 +140,28 @@ class BridgePlugin:
                 pod = apply.pod_link(req.netns, req.ifname)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
-                    problems.append(e)
-            except CNIError as e:
-                problems.append(e)
+                    problems.seen.append(("look at the pod interface", e))
+            except Exception as e:
+                problems.seen.append(("look at the pod interface", e))
         if pod is not None and not pod_ips:
             pod_ips = [a for a in pod[2] if not a.ip.is_link_local]
         finish_firewall = None
         if conf.wants_firewall:   # started now: the kernel's commit overlaps the link deletion
             from cni.firewall import rules as firewall
 
-            finish_firewall = firewall.teardown_start(firewall_spec(conf, req, pod_ips))
+            finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
+                                           firewall_spec(conf, req, pod_ips))
         if pod is not None:
             try:
-                links.delete_link(pod[0], req.ifname)
-            except CNIError as e:
-                problems.append(e)
+                problems.run(f"delete {req.ifname} in the pod", links.delete_link, pod[0], req.ifname)
             finally:
                 pod[0].close()
-        try:
-            host = links.open_rtnl()
-            try:
-                links.delete_link(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
-            finally:
-                host.close()
-        except CNIError as e:
-            problems.append(e)
+        problems.run("delete the host veth", _delete_host_veth, conf, req)
         if finish_firewall is not None:
-            try:
-                finish_firewall()
-            except CNIError as e:
-                problems.append(e)
+            problems.run("remove firewall rules", finish_firewall)
         if conf.ipam_type:
-            try:
-                ipam_client.delete(conf, req)
-            except CNIError as e:
-                problems.append(e)
-        if problems:
-            first = problems[0]
-            if isinstance(first, CNIError):
-                raise first
-            raise CNIError("failed to delete attachment", str(first))
+            problems.run("release addresses", ipam_client.delete, conf, req)
+        problems.raise_first()
         log.info(f"deleted {req.ifname}")
 
     def check(self, req: Request) -> None:
@@ -192,6 +208,14 @@ class BridgePlugin:
         firewall.gc(conf.name, valid)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))
+
+
+def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
+    host = links.open_rtnl()
+    try:
+        links.delete_link(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+    finally:
+        host.close()
 
 
 def _configures_ipv6(ipam: Any) -> bool:

@@ -8,8 +8,10 @@
     PYCNI-DN-<hash>:     -s <pod net>|127.0.0.0/8 -j MARK --set-xmark M/M ; -p P --dport N -j DNAT
     PYCNI-MS-<hash>:     -d <pod net> -j RETURN ; -d <multicast> -j RETURN ; -j MASQUERADE
 
-Rule: never flush or reorder other software's chains; every per-attachment rule carries the
-attachment's tag as comment, and teardown removes rules by exact tag. One commit per table.
+Rule: never flush or reorder other software's chains. Every per-attachment rule carries the
+attachment's tag as comment (for people: it is cut at 120 characters, so two attachments may share
+it); the code finds an attachment's rules by its chains, whose names come from the full attachment
+hash: ADD, DEL and CHECK act on the jumps to PYCNI-DN/MS-<hash>. One commit per table.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def _add_family(iptc, spec: FirewallSpec, family: int) -> None:
         _ensure_jump(table, Rule, "POSTROUTING", POSTROUTING, False)
         if spec.mappings:
             _ensure_mark_masq(table, Rule, spec.options.mark)
-        _remove_tagged(table, spec.tag)                 # idempotent: a repeated ADD replaces
+        _remove_jumps(table, set(chain_names(_full_hash(spec))))   # idempotent: a repeated ADD replaces
         for name in chains:
             _ensure_chain(table, name).flush()
         for r in rules:
@@ -239,18 +241,15 @@ def _add_family(iptc, spec: FirewallSpec, family: int) -> None:
         table.autocommit = True
 
 
-def _remove_tagged(table, tag: str) -> list[str]:
-    """Remove the jump rules carrying `tag` from our dispatch chains; the chains they pointed at."""
-    targets = []
+def _remove_jumps(table, targets: set[str]) -> None:
+    """Remove the jumps to `targets` (an attachment's own chains) from our dispatch chains."""
     for name in (HOSTPORTS, POSTROUTING):
         chain = _find_chain(table, name)
         if chain is None:
             continue
         for r in list(chain.rules):
-            if _rule_comment(r) == tag:
-                targets.append(r.target.name)
+            if r.target is not None and r.target.name in targets:
                 chain.delete_rule(r)
-    return targets
 
 
 def _delete_chains(table, names: set[str]) -> None:
@@ -269,12 +268,16 @@ def _both_families(fn, families: list[int]) -> None:
         for f in families:
             fn(f)
         return
+    from cni.linux.children import die_with
+
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:   # child: IPv6 only, then leave without running any of the parent's cleanup
         os.close(read_fd)
         status, msg = 0, b""
         try:
+            die_with(parent)       # never commit after a runtime killed us and ran DEL
             fn(6)
         except CNIError as e:
             status, msg = 1, f"{e.code}\0{e.msg}\0{e.details}".encode()
@@ -325,7 +328,7 @@ def teardown(spec: FirewallSpec) -> None:
         table, _ = _tables(load(), family)
         table.autocommit = False
         try:
-            _remove_tagged(table, spec.tag)
+            _remove_jumps(table, mine)
             _delete_chains(table, mine)
             table.commit()
         except Exception as e:
@@ -344,13 +347,13 @@ def check(spec: FirewallSpec) -> None:
         with xtables_lock():
             table, _ = _tables(load(), family)
         chains = {c.name for c in table.chains}
-        tagged = []
+        jumps = []
         for name in (HOSTPORTS, POSTROUTING):
             if name in chains:
-                tagged += [r for r in _find_chain(table, name).rules if _rule_comment(r) == spec.tag]
-        if maps and (dn not in chains or sum(r.target.name == dn for r in tagged) < len(maps)):
+                jumps += [r for r in _find_chain(table, name).rules if r.target is not None]
+        if maps and (dn not in chains or sum(r.target.name == dn for r in jumps) < len(maps)):
             raise CNIError("CHECK failed: firewall rule missing", f"iptables DNAT rules of {spec.tag} (IPv{family})")
-        if spec.masquerade and (ms not in chains or not any(r.target.name == ms for r in tagged)):
+        if spec.masquerade and (ms not in chains or not any(r.target.name == ms for r in jumps)):
             raise CNIError("CHECK failed: firewall rule missing", f"iptables masquerade of {spec.tag} (IPv{family})")
 
     _both_families(one, [f for f in (4, 6) if spec.ips(f)])
@@ -360,7 +363,7 @@ def gc(network: str, valid_hashes: set[str]) -> None:
     keep = set()
     for h in valid_hashes:
         keep.update(chain_names(h))
-    prefix = f"pycni {network}/"
+    prefix = f"pycni {network}/"[:120]     # tags are cut there
 
     def one(family: int) -> None:
         with xtables_lock():
@@ -369,6 +372,14 @@ def gc(network: str, valid_hashes: set[str]) -> None:
     def _gc_family(family: int) -> None:
         table, _ = _tables(load(), family)
         table.autocommit = False
+        try:
+            _gc_table(table)
+        except Exception as e:
+            raise CNIError("iptables GC failed", f"IPv{family}: {e}") from None
+        finally:
+            table.autocommit = True
+
+    def _gc_table(table) -> None:
         stale = set()
         for name in (HOSTPORTS, POSTROUTING):
             chain = _find_chain(table, name)
@@ -378,13 +389,12 @@ def gc(network: str, valid_hashes: set[str]) -> None:
                 if not _rule_comment(r).startswith(prefix):
                     continue       # another's rule: never decode its target
                 target = r.target.name if r.target else ""
-                if target not in keep:
+                if target.startswith(("PYCNI-DN-", "PYCNI-MS-")) and target not in keep:
                     stale.add(target)
                     chain.delete_rule(r)
         if stale:
             log.info(f"gc: removing iptables chains {sorted(stale)}")
         _delete_chains(table, stale)
         table.commit()
-        table.autocommit = True
 
     _both_families(one, _families_present())

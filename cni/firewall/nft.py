@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import subprocess
 
-from cni.spec.errors import CNIError, UnsupportedField
+from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
 from cni.firewall.rules import FirewallSpec
 
 TABLE = "inet pycni"
+NFT_TIMEOUT = 20.0      # seconds for one nft child; runtimes give a whole CNI call minutes
 VERSION = 1
 SETS = {   # name: declaration
     # interval sets without auto-merge: re-adding an identical range costs nothing, a merge would
@@ -97,12 +98,17 @@ def render_base(mark: int) -> list[str]:
     return out
 
 
+def refuse_conditions(spec: FirewallSpec) -> None:
+    """Match conditions exist only on the iptables backend. Refused where rules are made (ADD,
+    CHECK), never on teardown: DEL must remove whatever an older configuration left."""
+    if spec.options.conditions_v4 or spec.options.conditions_v6:
+        raise UnsupportedField("unsupported with the nftables backend: conditionsV4/conditionsV6",
+                               "set \"backend\": \"iptables\" to use match conditions")
+
+
 def elements(spec: FirewallSpec) -> list[tuple[str, str, str]]:
     """(set or map, key, data or '') of every element of the attachment; pure."""
     o = spec.options
-    if o.conditions_v4 or o.conditions_v6:
-        raise UnsupportedField("unsupported with the nftables backend: conditionsV4/conditionsV6",
-                               "set \"backend\": \"iptables\" to use match conditions")
     out: list[tuple[str, str, str]] = []
     for fam in (4, 6):
         pods = spec.ips(fam)
@@ -164,15 +170,29 @@ def render_delete_found(found: list[tuple[str, str]]) -> str:
 # ---------------------------------------------------------------- running nft
 
 
+def _nft(args: list[str], script: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run nft with a deadline, killed with us (a transaction must never commit after our DEL)."""
+    from cni.linux.children import tied_to_me
+
+    try:
+        return subprocess.run(["nft", *args], input=script, capture_output=True, timeout=NFT_TIMEOUT,
+                              preexec_fn=tied_to_me())
+    except subprocess.TimeoutExpired:
+        raise TryAgainLater("nft did not finish", f"nft {' '.join(args)} ran for over {NFT_TIMEOUT:g}s "
+                            "and was killed") from None
+    except OSError as e:
+        raise CNIError("cannot run nft", str(e)) from None
+
+
 def transaction(script: str, *, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True)
+    proc = _nft(["-f", "-"], script.encode())
     if check and proc.returncode != 0:
         raise CNIError("nftables transaction failed", proc.stderr.decode(errors="replace").strip()[:2000])
     return proc
 
 
 def _listing() -> list[dict] | None:
-    proc = subprocess.run(["nft", "-j", "list", "table", *TABLE.split()], capture_output=True)
+    proc = _nft(["-j", "list", "table", *TABLE.split()])
     if proc.returncode != 0:
         if b"No such file" in proc.stderr:
             return None
@@ -209,6 +229,7 @@ def tagged_elements(listing: list[dict]) -> list[tuple[str, str, str, str]]:
 
 
 def setup(spec: FirewallSpec) -> None:
+    refuse_conditions(spec)
     script = render_add(spec)
     proc = transaction(script, check=False)
     if proc.returncode == 0:
@@ -223,12 +244,15 @@ def setup(spec: FirewallSpec) -> None:
                          if not any(f" {name} " in line for name in SHARED))
         if transaction(script, check=False).returncode == 0:
             return
-    # A key held by an attachment that is gone (its DEL never ran): the last writer wins, as with
-    # the reference plugin. Drop the conflicting elements and try once more.
-    log.warning(f"nftables: replacing stale elements ({err.strip()[:200]})")
-    mine = {(name, key) for name, key, data in elements(spec) if data}
-    stale = [(n, k) for n, k, _, _ in tagged_elements(_listing() or []) if (n, k) in mine]
-    transaction(render_delete_found(stale) + script)
+    # A host port another attachment holds (or held: its DEL never ran): the last writer wins.
+    # Every element of that key changes owner together, the hairpin/localhost marks (snat_*,
+    # masqall_*) with the map element, so that the former owner's DEL, which finds its elements
+    # by comment, can never take the new owner's marks with it.
+    log.warning(f"nftables: taking over elements held by another attachment ({err.strip()[:200]})")
+    mine = {(name, key) for name, key, _ in elements(spec) if name not in SHARED}
+    own = tag(spec)
+    taken = [(n, k) for n, k, _, c in tagged_elements(_listing() or []) if (n, k) in mine and c != own]
+    transaction(render_delete_found(taken) + script)
 
 
 def teardown_start(spec: FirewallSpec):
@@ -237,14 +261,26 @@ def teardown_start(spec: FirewallSpec):
     script = render_delete(spec) if spec.pod_ips and (spec.mappings or spec.masquerade) else ""
     proc = None
     if script.strip():
-        proc = subprocess.Popen(["nft", "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        proc.stdin.write(script.encode())
-        proc.stdin.close()
+        try:
+            from cni.linux.children import tied_to_me
+
+            proc = subprocess.Popen(["nft", "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, preexec_fn=tied_to_me())
+            proc.stdin.write(script.encode())
+            proc.stdin.close()
+        except OSError as e:        # finish() tries again by comment, and reports what fails there
+            log.warning(f"nftables: could not start the delete transaction: {e}")
+            proc = None
 
     def finish() -> None:
-        if proc is not None and proc.wait() == 0:
-            return
+        if proc is not None:
+            try:
+                if proc.wait(timeout=NFT_TIMEOUT) == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                log.warning(f"nftables: delete transaction killed after {NFT_TIMEOUT:g}s")
         _teardown_by_comment(spec)
 
     return finish
@@ -261,6 +297,7 @@ def _teardown_by_comment(spec: FirewallSpec) -> None:
 
 
 def check(spec: FirewallSpec) -> None:
+    refuse_conditions(spec)
     listing = _listing()
     if listing is None:
         raise CNIError("CHECK failed: nftables table missing", TABLE)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 from cni.spec import names
 from cni.portmap.options import FirewallOptions, PortMapping
+from cni.spec.log import log
 from cni.spec.result import IPInterface
 
 NFT = "nftables"
@@ -63,12 +64,20 @@ def legacy_tables(family: int = 4) -> set[str]:
         return set()
 
 
-def choose(options: FirewallOptions) -> str:
-    if options.backend in (NFT, IPT):
-        return options.backend
+def resolve(backend: str) -> tuple[str, str]:
+    """(the backend ADD uses, why) for a configured backend name; STATUS checks the same one."""
+    if backend in (NFT, IPT):
+        return backend, "configured"
     if "nat" in legacy_tables(4) or "nat" in legacy_tables(6):
-        return IPT        # something on this node (kube-proxy, docker) uses legacy iptables NAT
-    return NFT if shutil.which("nft") else IPT
+        # something on this node (kube-proxy, docker) uses legacy iptables NAT
+        return IPT, "a legacy iptables nat table exists on this node"
+    if shutil.which("nft"):
+        return NFT, "no legacy iptables nat table, nft in PATH"
+    return IPT, "no `nft` in PATH"
+
+
+def choose(options: FirewallOptions) -> str:
+    return resolve(options.backend)[0]
 
 
 def _backend(name: str):
@@ -112,10 +121,15 @@ def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
     function finishes the work and raises what failed. (nftables runs as a child process, so its
     kernel commit overlaps whatever the caller does in between.)"""
     backends = _present_backends()
-    pending = _backend(NFT).teardown_start(spec) if NFT in backends else None
+    errors: list[Exception] = []
+    pending = None
+    if NFT in backends:
+        try:
+            pending = _backend(NFT).teardown_start(spec)
+        except Exception as e:      # kept for finish(): the other backend still gets its turn
+            errors.append(e)
 
     def finish() -> None:
-        errors = []
         if pending is not None:
             try:
                 pending()
@@ -126,7 +140,12 @@ def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
                 _backend(IPT).teardown(spec)
             except Exception as e:   # keep going: the other backend may have held the rules
                 errors.append(e)
-        _flush_udp(spec)
+        try:
+            _flush_udp(spec)
+        except Exception as e:
+            errors.append(e)
+        for e in errors[1:]:
+            log.warning(f"firewall teardown of {spec.tag}: also failed: {e}")
         if errors:
             raise errors[0]
 

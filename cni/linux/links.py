@@ -55,7 +55,9 @@ def lookup(ipr: Any, ifname: str) -> Any | None:
     try:
         return ipr.link_by_name(ifname)
     except Exception as e:
-        raise failed(f"look up link {ifname}", e) from None
+        if netlink_errno(e) is None:
+            raise                 # not the kernel's answer: a bug, reported with its traceback
+        raise failed(f"look up link {ifname}", e) from e
 
 
 def family(version: int) -> int:

@@ -93,9 +93,11 @@ def parse_options(conf: Mapping[str, Any]) -> FirewallOptions:
     if conf.get("externalSetMarkChain"):
         raise InvalidConfig("unsupported option externalSetMarkChain",
                             "pycni marks with markMasqBit in its own chains")
-    backend = conf.get("backend") or conf.get("ipMasqBackend") or "auto"
+    # one validation for both spellings: `backend` (portmap) wins over `ipMasqBackend` (bridge)
+    key = "backend" if conf.get("backend") is not None else "ipMasqBackend"
+    backend = conf.get(key) or "auto"
     if backend not in BACKENDS:
-        raise InvalidConfig("invalid backend", f"{backend!r} (auto, nftables or iptables)")
+        raise InvalidConfig(f"invalid {key}", f"{backend!r} (auto, nftables or iptables)")
     return FirewallOptions(
         snat=flag(conf, "snat", True),
         masq_all=flag(conf, "masqAll"),

@@ -62,15 +62,20 @@ def iptables_problems() -> list[str]:
 
 
 def firewall_problems(backend: str) -> list[str]:
+    """What stops the backend that ADD would use: with `auto`, the one it picks on this node."""
     if backend == NFT:
         return nft_problems()
     if backend == IPT:
         return iptables_problems()
-    nft = nft_problems()
-    if not nft:
+    from cni.firewall.rules import resolve
+
+    chosen, why = resolve(AUTO)
+    problems = nft_problems() if chosen == NFT else iptables_problems()
+    if not problems:
         return []
-    ipt = iptables_problems()
-    return [] if not ipt else ["no firewall backend is usable (backend auto):", *nft, *ipt]
+    head = f"backend auto uses {chosen} on this node ({why}), and it is not usable:"
+    alternative = nft_problems() if chosen == IPT and why.startswith("no `nft`") else []
+    return [head, *problems, *(["or make nftables usable:", *alternative] if alternative else [])]
 
 
 def require(problems: list[str]) -> None:

@@ -26,12 +26,29 @@ IP = shutil.which("ip") or "/usr/sbin/ip"   # absolute: a test may run the plugi
 _counter = itertools.count()
 
 
+TIMEOUT = 120      # seconds for any one command a test runs: a hang fails the test, not the suite
+
+
 def sh(*cmd: str, check: bool = True, ns: str | None = None) -> str:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    proc = subprocess.run(full, capture_output=True, text=True)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(full)} failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def ready_line(proc: subprocess.Popen, timeout: float = 20.0, stream=None) -> str:
+    """The first line a child prints (a server's "ready"), or an assertion after `timeout`:
+    a bare readline() would wait forever for a child that hangs before printing."""
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        stream = stream or proc.stdout
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            proc.kill()
+            raise AssertionError(f"{proc.args} printed nothing in {timeout:g}s")
+    return stream.readline()
 
 
 def _all_test_netns() -> list[str]:
@@ -98,7 +115,7 @@ class Node:
         e.update(env or {})
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
         proc = subprocess.run([IP, "netns", "exec", self.name, str(exe)], input=stdin, env=e,
-                              capture_output=True)
+                              capture_output=True, timeout=TIMEOUT)
         text = proc.stdout.decode()
         assert "Traceback" not in text
         return Call(proc.returncode, json.loads(text) if text.strip() else None, proc.stderr.decode())
@@ -117,9 +134,11 @@ class Node:
         return sorted(p.name for p in d.iterdir()
                       if p.name != "lock" and not p.name.startswith(("last_", ".")))
 
-    def index_entries(self, network: str) -> list[str]:
-        d = self.data_dir / network / ".pycni-index"
-        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    def scratch_files(self, network: str) -> list[str]:
+        """Anything in the network's data dir besides reservations, the lock and the cursors
+        (a reservation half written, a temporary file): nothing, after any operation."""
+        d = self.data_dir / network
+        return sorted(p.name for p in d.iterdir() if p.name.startswith(".")) if d.exists() else []
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from tests.k8s_nodes import node_list, node_object
 
-from .conftest import BIN, PREFIX, Node, _counter, sh
+from .conftest import BIN, PREFIX, Node, _counter, ready_line, sh
 
 APP = str(Path(__file__).with_name("netapp.py"))
 
@@ -96,7 +96,7 @@ class Cluster:
         srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, APP, "serve", name, "7000"],
                                stdout=subprocess.PIPE, text=True)
         self.servers.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+        assert ready_line(srv).strip() == "ready"
 
     def close(self) -> None:
         for p in self.servers:

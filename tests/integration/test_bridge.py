@@ -59,7 +59,7 @@ def test_add_check_del(node, version):
     assert dele.rc == 0, dele.out
     assert veth not in node.links()
     assert "eth0" not in sh("ip", "-o", "link", ns=pod)
-    assert node.reservations("testnet") == [] and node.index_entries("testnet") == []
+    assert node.reservations("testnet") == [] and node.scratch_files("testnet") == []
     again = node.pycni("DEL", conf, pod)
     assert again.rc == 0, again.out
 

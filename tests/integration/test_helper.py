@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import BIN, netconf, sh
+from .conftest import BIN, netconf, ready_line, sh
 from .test_bridge import ping
 
 
@@ -20,7 +20,7 @@ def helper(node):
     proc = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket", str(path)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert "serving on" in proc.stderr.readline()
+        assert "serving on" in ready_line(proc, stream=proc.stderr)
         yield proc
     finally:
         if proc.poll() is None:

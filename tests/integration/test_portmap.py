@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, DEV_BIN, REFERENCE_DIR, netconf, sh
+from .conftest import BIN, DEV_BIN, REFERENCE_DIR, netconf, ready_line, sh
 
 APP = str(Path(__file__).with_name("netapp.py"))
 BACKENDS = ["nftables", "iptables"]
@@ -51,7 +51,7 @@ class World:
         assert res.rc == 0, res.out
         proc = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", cid, "80"],
                                 stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        assert ready_line(proc).strip() == "ready"
         self.servers.append(proc)
         return pod, conf, res.out
 
@@ -106,7 +106,7 @@ def test_masquerade_outside_but_not_inside_pod_network(world):
     client_srv = subprocess.Popen(["ip", "netns", "exec", world.client, sys.executable, APP, "serve",
                                    "outside", "9000"], stdout=subprocess.PIPE, text=True)
     world.servers.append(client_srv)
-    assert client_srv.stdout.readline().strip() == "ready"
+    assert ready_line(client_srv).strip() == "ready"
     a, _, _ = world.add_pod("a", [], ipMasq=True)
     b, _, res_b = world.add_pod("b", [], ipMasq=True)
     assert world.ask(a, "tcp", "192.0.2.1", 9000) == "outside 192.0.2.2"
@@ -180,7 +180,7 @@ def test_pycni_portmap_chained_after_reference_bridge(node):
         srv = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", "chained", "80"],
                                stdout=subprocess.PIPE, text=True)
         w.servers.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+        assert ready_line(srv).strip() == "ready"
         assert w.ask(w.client, "tcp", "192.0.2.2", 8080) == "chained 192.0.2.1"
         chk = subprocess.run(run + ["check", str(listfile), f"/var/run/netns/{pod}"] + opts,
                              capture_output=True, text=True)
@@ -215,7 +215,7 @@ def test_concurrent_adds_keep_every_rule(world):
         srv = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, APP, "serve", f"p{i}", "80"],
                                stdout=subprocess.PIPE, text=True)
         world.servers.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+        assert ready_line(srv).strip() == "ready"
     assert [world.ask(world.client, "tcp", "192.0.2.2", 9000 + i) for i in range(8)] == \
         [f"p{i} 192.0.2.1" for i in range(8)]
 

@@ -100,7 +100,7 @@ def main() -> int:
         t.join()
     netdir = Path(args.data) / "concnet"
     leaked = [p.name for p in netdir.iterdir() if p.name[0].isdigit() or ":" in p.name] if netdir.exists() else []
-    leaked += [p.name for p in (netdir / ".pycni-index").iterdir()] if (netdir / ".pycni-index").exists() else []
+    leaked += [p.name for p in netdir.iterdir() if p.name.startswith(".")] if netdir.exists() else []
     leaked += [n for n in os.listdir("/sys/class/net") if n.startswith("veth")]
     ops = counts["ADD"] + counts["CHECK"] + counts["DEL"]
     failed = sum(v for k, v in counts.items() if "failed" in k)

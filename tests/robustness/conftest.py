@@ -16,3 +16,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("robustness summaries")
         for line in SUMMARIES:
             terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items):
+    """The long profiles run for tens of minutes: lift pytest-timeout's per-test deadline."""
+    if LONG:
+        import pytest
+
+        for item in items:
+            if "robustness" in str(item.fspath):
+                item.add_marker(pytest.mark.timeout(4 * 3600))

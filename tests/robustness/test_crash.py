@@ -86,7 +86,7 @@ def test_sigkill_during_add_and_del_leaks_nothing(node):  # noqa: F811
     assert len(node.reservations("testnet")) == len(live)
     for cid, pod in list(live.items()):
         assert node.pycni("DEL", conf, pod, cid=cid).rc == 0
-    leaks = node.reservations("testnet") + node.index_entries("testnet") + \
+    leaks = node.reservations("testnet") + node.scratch_files("testnet") + \
         [link for link in node.links() if link.startswith("veth")]
     rules = sh("nft", "list", "ruleset", ns=node.name)
     leaks += [line.strip() for line in rules.splitlines() if "pycni testnet/" in line]

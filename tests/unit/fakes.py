@@ -37,9 +37,3 @@ class FakeStore:
 
     def held_by(self, container_id, ifname):
         return [ip for ip, h in self.files.items() if h in ((container_id, ifname), (container_id, ""))]
-
-    def remember(self, container_id, ifname, ips):
-        pass
-
-    def forget(self, container_id, ifname):
-        pass

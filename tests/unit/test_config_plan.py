@@ -41,6 +41,15 @@ def test_invalid_options(extra, words):
     assert words in str(e.value)
 
 
+@pytest.mark.parametrize("extra, backend", [
+    ({}, "auto"), ({"ipMasqBackend": "auto"}, "auto"), ({"ipMasqBackend": "nftables"}, "nftables"),
+    ({"ipMasqBackend": "iptables"}, "iptables"), ({"backend": "iptables", "ipMasqBackend": "nftables"}, "iptables"),
+])
+def test_firewall_backend_one_validation_for_both_spellings(extra, backend):
+    """`auto` is documented for ipMasqBackend; the bridge config once rejected it (two validators)."""
+    assert config.parse({**BASE, **extra}).firewall.backend == backend
+
+
 def test_mac_precedence():
     conf = {**BASE, "runtimeConfig": {"mac": "02:00:00:00:00:01"}, "args": {"cni": {"mac": "02:00:00:00:00:02"}}}
     assert config.parse(conf, {"MAC": "02:00:00:00:00:03"}).mac == "02:00:00:00:00:01"

@@ -83,9 +83,11 @@ def test_nft_masq_all_and_conditions():
     spec = FirewallSpec("net1", "c1", "eth0", (IP("10.88.0.2/24"),), (PortMapping(80, 8080),), False,
                         FirewallOptions(masq_all=True))
     assert [e[0] for e in nft.elements(spec)] == ["hostports4", "masqall_any", "hairpin_src4"]
+    conditioned = FirewallSpec("net1", "c1", "eth0", (IP("10.88.0.2/24"),), (PortMapping(80, 8080),), False,
+                               FirewallOptions(conditions_v4=("-i", "eth1")))
     with pytest.raises(UnsupportedField):
-        nft.elements(FirewallSpec("net1", "c1", "eth0", (IP("10.88.0.2/24"),), (PortMapping(80, 8080),), False,
-                                  FirewallOptions(conditions_v4=("iifname", "eth1"))))
+        nft.refuse_conditions(conditioned)      # ADD and CHECK on nftables refuse them...
+    assert "delete element" in nft.render_delete(conditioned)   # ...a teardown never does
 
 
 def test_iptables_rules_golden():

@@ -6,14 +6,15 @@ import pytest
 
 from cni.tools import hostcheck
 from cni.spec.errors import NotAvailable
-from cni.firewall import iptc_loader
+from cni.firewall import iptc_loader, rules
 
 
 @pytest.fixture
 def host(monkeypatch):
     """A host where everything is present; tests take pieces away."""
     state = {"nft": "/usr/sbin/nft", "nft_rc": 0, "dirs": ("/usr/lib", "/usr/lib/xtables"),
-             "missing": set()}
+             "missing": set(), "legacy": set()}
+    monkeypatch.setattr(rules, "legacy_tables", lambda family=4: state["legacy"])
     monkeypatch.setattr(hostcheck.shutil, "which", lambda name: state["nft"] if name == "nft" else None)
     monkeypatch.setattr(hostcheck.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, state["nft_rc"], b"", b"Error: Could not process rule: Operation not supported"))
@@ -55,10 +56,23 @@ def test_auto_needs_one_backend(host):
     host["nft"] = None
     host["dirs"] = (None, None)
     problems = hostcheck.firewall_problems("auto")
-    assert problems[0].startswith("no firewall backend is usable")
+    assert problems[0].startswith("backend auto uses iptables on this node (no `nft` in PATH)")
     with pytest.raises(NotAvailable) as e:
         hostcheck.require(problems)
     assert e.value.code == 50 and "apt install nftables" in e.value.details
+
+
+def test_auto_is_checked_as_add_will_use_it(host):
+    """A legacy nat table makes ADD use iptables: STATUS must not pass because nft works."""
+    host["legacy"] = {"nat"}
+    host["dirs"] = (None, None)
+    problems = hostcheck.firewall_problems("auto")
+    assert problems[0] == ("backend auto uses iptables on this node (a legacy iptables nat table exists "
+                           "on this node), and it is not usable:")
+    assert any("apt install iptables" in p for p in problems)
+    host["dirs"] = ("/usr/lib", "/usr/lib/xtables")
+    host["nft_rc"] = 1                 # nft broken, but ADD would not use it here
+    assert hostcheck.firewall_problems("auto") == []
 
 
 def test_ipv6_disabled(host):

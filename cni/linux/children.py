@@ -1,0 +1,29 @@
+"""Children that must not outlive a killed plugin.
+
+A runtime that kills a plugin (its deadline passed, the pod was cancelled) runs DEL next. A child
+still running then, an `nft` transaction or the IPv6 half of an iptables update, would commit after
+that DEL and leave rules that nobody owns. So each such child asks the kernel to kill it with its
+parent (PR_SET_PDEATHSIG), and leaves at once if the parent is already gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before any fork
+
+
+def die_with(parent: int) -> None:
+    """In a forked child: be SIGKILLed when `parent` dies; exit now if it already has."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def tied_to_me():
+    """A `preexec_fn` for subprocess: the program runs only as long as this process lives."""
+    return functools.partial(die_with, os.getpid())
