@@ -72,6 +72,10 @@ class DiskStore:
                 raise IOFailure("cannot lock IPAM store", f"{path}: {e.strerror}") from None
             if not held:
                 raise TryAgainLater("IPAM store is busy", f"could not lock {path} in {self.lock_timeout:g}s")
+            try:        # a scratch file seen under the lock belongs to a writer that was killed
+                os.unlink(os.path.join(self.dir, SCRATCH))
+            except OSError:
+                pass
             yield
         finally:
             os.close(fd)  # closing drops the flock

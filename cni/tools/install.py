@@ -36,6 +36,11 @@ LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed
 STORE = ".pycni"
 EXE = "pycni"
 KEEP = 2                     # the installed build and the one before it
+# A build neither installed nor the one before it is retired, and removed only this long after:
+# a CNI call started from it may still be running (runtimes give a call minutes, pycni's own
+# deadlines are under one), and it loads modules from its directory as it goes.
+RETIRE_GRACE_SECONDS = 900
+RETIRED = ".retired"
 STALE_TMP_SECONDS = 3600     # temporary dirs of an installer that died
 
 
@@ -132,7 +137,8 @@ def _replace_symlink(link: Path, target: str) -> None:
 
 
 def _prune(store: Path, keep: set[str]) -> None:
-    """Remove builds no name points at any more (keeping `keep`, at most KEEP newest of them)."""
+    """Retire builds no name points at any more (keeping `keep`, at most KEEP newest of them), and
+    remove those retired more than RETIRE_GRACE_SECONDS ago."""
     now = time.time()
     builds = []
     for entry in store.iterdir():
@@ -144,7 +150,19 @@ def _prune(store: Path, keep: set[str]) -> None:
     builds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     kept = [b for b in builds if b.name in keep][:KEEP]
     for b in builds:
-        if b not in kept:
+        if b in kept:
+            try:
+                os.unlink(b / RETIRED)          # in use again (a downgrade): not retired any more
+            except FileNotFoundError:
+                pass
+            continue
+        marker = b / RETIRED
+        try:
+            retired_at = marker.stat().st_mtime
+        except FileNotFoundError:
+            marker.touch()
+            continue
+        if now - retired_at > RETIRE_GRACE_SECONDS:
             shutil.rmtree(b, ignore_errors=True)
 
 

@@ -1,12 +1,16 @@
 """Property-based fuzzing of the CNI contract, run inside a throwaway node namespace.
 
-    ip netns exec NODE python -m tests.robustness.fuzz_driver --cases N --pod /var/run/netns/POD --data DIR
+    ip netns exec NODE python -m tests.robustness.fuzz_driver --cases N --pod /var/run/netns/POD --data DIR \
+        [--seed S] [--db DIR] [--exec-every K]
 
 Each case is a stdin JSON (mutations of a valid pycni config) and a CNI_* environment, served by
-the real `skel.run` + `BridgePlugin` in this process (the node namespace plays the host). Every
-case must end in a valid result (then it is DELeted again) or a CNI error JSON with a non-zero
-exit; an error leaves no veth, no address reservation and nothing in the pod. Prints one summary
-line: cases, results, errors by code, leaks found.
+`skel.run` + `BridgePlugin` in this process (the node namespace plays the host), and every K-th
+case by the real `pycni` executable as a runtime runs it. Every case must end in a valid result
+or a CNI error JSON with a non-zero exit. An error leaves nothing behind; a result is DELeted
+again, and then too nothing is left: no host veth, no reservation anywhere under DIR (every data
+dir a case names lies there), no pycni rule in nftables or legacy iptables, nothing but `lo` in
+the pod. Runs are reproducible: the seed is printed, failing examples are kept in --db. Prints
+one summary line: seed, cases, results, errors by code, leaks found.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import argparse
 import io
 import json
 import os
+import random
+import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from cni.spec import skel
 from cni.bridge.plugin import BridgePlugin
@@ -59,8 +67,11 @@ def cases(draw, data_dir: str, pod: str):
             conf[key] = draw(WEIRD if action == "weird" else JSONISH)
     if draw(st.booleans()) and isinstance(conf.get("ipam"), dict):
         ipam = dict(conf["ipam"])
-        ipam[draw(st.sampled_from(IPAM_KEYS))] = draw(st.one_of(JSONISH, WEIRD, st.sampled_from(
+        key = draw(st.sampled_from(IPAM_KEYS))
+        ipam[key] = draw(st.one_of(JSONISH, WEIRD, st.sampled_from(
             ["10.99.0.0/33", "10.99.0.1/24", "fd00::/127", [[{"subnet": "banana"}]], "/", "relative/dir"])))
+        if key == "dataDir" and isinstance(ipam[key], str) and ipam[key].startswith("/"):
+            ipam[key] = data_dir + ipam[key]     # absolute data dirs stay inside the test's directory
         conf["ipam"] = ipam
     if draw(st.booleans()):
         conf["runtimeConfig"] = {"portMappings": draw(st.lists(st.fixed_dictionaries(
@@ -88,6 +99,59 @@ def host_veths() -> list[str]:
     return sorted(n for n in os.listdir("/sys/class/net") if n.startswith("veth"))
 
 
+def reservations_anywhere(top: str) -> list[str]:
+    """Address files in every data dir under `top` (cases may name their own data dirs there)."""
+    import ipaddress
+
+    out = []
+    for dirpath, _, files in os.walk(top):
+        for name in files:
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            out.append(os.path.join(dirpath, name))
+    return sorted(out)
+
+
+def firewall_rules() -> list[str]:
+    out = []
+    for cmd in (["nft", "list", "ruleset"], ["iptables-legacy-save"], ["ip6tables-legacy-save"]):
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+        except OSError:
+            continue
+        out += [line.strip() for line in text.splitlines() if "pycni fuzznet/" in line]
+    return out
+
+
+def pod_links(pod: str) -> list[str]:
+    text = subprocess.run(["ip", "netns", "exec", os.path.basename(pod), "ip", "-o", "link", "show"],
+                          capture_output=True, text=True, timeout=60).stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in text.splitlines())
+
+
+def node_state(data: str, pod: str) -> tuple:
+    return host_veths(), reservations_anywhere(data), firewall_rules(), pod_links(pod)
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_exec(env: dict, raw: bytes) -> tuple[int, str]:
+    """The real executable, as a runtime runs it."""
+    full = {**env, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYCNI_HELPER": "0",
+            "PYCNI_LOG_FILE": os.environ.get("PYCNI_LOG_FILE", "")}
+    p = subprocess.run([str(BIN / "pycni")], input=raw, env=full, capture_output=True, timeout=120)
+    return p.returncode, p.stdout.decode(errors="replace")
+
+
+def run_here(env: dict, raw: bytes) -> tuple[int, str]:
+    out = io.StringIO()
+    rc = skel.run(BridgePlugin, env, io.BytesIO(raw), out)
+    return rc, out.getvalue()
+
+
 def reservations(data_dir: str) -> list[str]:
     d = os.path.join(data_dir, "fuzznet")
     return sorted(n for n in os.listdir(d) if n[0].isdigit()) if os.path.isdir(d) else []
@@ -98,7 +162,11 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--pod", required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--seed", type=int, default=None, help="default: a new random seed (printed)")
+    ap.add_argument("--db", default="", help="keep failing examples here (hypothesis example database)")
+    ap.add_argument("--exec-every", type=int, default=4, help="every K-th case runs the real executable")
     args = ap.parse_args()
+    run_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     from cni.spec.log import log
 
     log.stderr = None       # the summary line is the output; details go to the log file
@@ -110,23 +178,30 @@ def main() -> int:
     leaks: list[str] = []
     unexpected: list[str] = []
 
-    @settings(max_examples=args.cases, deadline=None, database=None, derandomize=False,
+    @seed(run_seed)
+    @settings(max_examples=args.cases, deadline=None, derandomize=False,
+              database=DirectoryBasedExampleDatabase(args.db) if args.db else None,
               suppress_health_check=list(HealthCheck))
     @given(cases(args.data, args.pod))
     def one(case):
         raw, env = case
-        before = (host_veths(), reservations(args.data))
-        out = io.StringIO()
-        rc = skel.run(BridgePlugin, env, io.BytesIO(raw), out)
-        text = out.getvalue()
+        # (an environment with a NUL byte cannot be exec'ed, by a runtime or by us: those stay here)
+        execable = not any("\0" in k + v for k, v in env.items())
+        run = run_exec if counts["cases"] % args.exec_every == 0 and execable else run_here
+        counts["cases"] += 1
+        counts["executable"] += run is run_exec
+        before = node_state(args.data, args.pod)
+        rc, text = run(env, raw)
         assert "Traceback" not in text
         reply = json.loads(text) if text.strip() else None
-        counts["cases"] += 1
         if rc == 0:
             counts["ok"] += 1
-            if env.get("CNI_COMMAND") == "ADD":       # undo it, as the runtime would
-                rc2 = skel.run(BridgePlugin, {**env, "CNI_COMMAND": "DEL"}, io.BytesIO(raw), io.StringIO())
-                assert rc2 == 0
+            if env.get("CNI_COMMAND") == "ADD":       # undo it, as the runtime would; then nothing is left
+                rc2, text2 = run({**env, "CNI_COMMAND": "DEL"}, raw)
+                assert rc2 == 0, text2
+                after = node_state(args.data, args.pod)
+                if after != before:
+                    leaks.append(f"ADD+DEL {env} left {after} (before {before})")
             return
         assert isinstance(reply, dict) and isinstance(reply.get("code"), int) and isinstance(reply.get("msg"), str), text
         assert set(reply) <= {"cniVersion", "code", "msg", "details"}, reply
@@ -134,16 +209,17 @@ def main() -> int:
         if reply["msg"] == "internal error":      # an exception nobody translated: a bug
             unexpected.append(f"{reply} env={env} stdin={raw[:300]!r}")
         if env.get("CNI_COMMAND") == "ADD":
-            after = (host_veths(), reservations(args.data))
+            after = node_state(args.data, args.pod)
             if after != before:
                 leaks.append(f"{reply} {env} left {after} (before {before})")
                 # clean up so later cases start from a known state
-                skel.run(BridgePlugin, {**env, "CNI_COMMAND": "DEL"}, io.BytesIO(raw), io.StringIO())
+                run_here({**env, "CNI_COMMAND": "DEL"}, raw)
 
     one()
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("code"))
-    print(f"fuzz: {counts['cases']} cases, {counts['ok']} results, errors ({errors}), "
-          f"untranslated exceptions = {len(unexpected)}, leaks found = {len(leaks)}")
+    print(f"fuzz: {counts['cases']} cases (seed {run_seed}, {counts['executable']} through the executable), "
+          f"{counts['ok']} results, errors ({errors}), untranslated exceptions = {len(unexpected)}, "
+          f"leaks found = {len(leaks)}")
     for leak in leaks[:10]:
         print("  LEAK", leak)
     for u in unexpected[:10]:

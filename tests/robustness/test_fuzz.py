@@ -1,5 +1,6 @@
 """Property-based fuzzing of stdin JSON and the CNI_* environment (see fuzz_driver.py)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ def test_fuzz_every_case_ends_in_a_result_or_a_cni_error(node):  # noqa: F811
     data = node.tmp / "ipam"
     data.mkdir()
     cases = profile(400, 10000)
+    seed = ["--seed", os.environ["PYCNI_SEED"]] if os.environ.get("PYCNI_SEED") else []   # else a new one, printed
     proc = subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-m", "tests.robustness.fuzz_driver",
-                           "--cases", str(cases), "--pod", f"/var/run/netns/{pod}", "--data", str(data)],
+                           "--cases", str(cases), "--pod", f"/var/run/netns/{pod}", "--data", str(data),
+                           "--db", str(ROOT / ".hypothesis" / "fuzz"), *seed],
                           cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYCNI_LOG_FILE": str(node.log_file)})
     print(proc.stdout)

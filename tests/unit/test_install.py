@@ -45,7 +45,7 @@ def test_same_build_same_id_and_no_copy(tmp_path):
     assert [p.name for p in (bin_dir / ".pycni").iterdir()] == [install.bundle_id(b)]
 
 
-def test_previous_build_kept_older_removed(tmp_path):
+def test_previous_build_kept_older_retired_then_removed(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     ids = []
     for tag in ("one", "two", "three"):
@@ -53,7 +53,17 @@ def test_previous_build_kept_older_removed(tmp_path):
         install.install_binaries(b, bin_dir)
         ids.append(install.bundle_id(b))
     assert len(set(ids)) == 3
-    assert sorted(p.name for p in (bin_dir / ".pycni").iterdir()) == sorted(ids[1:])
+    store = bin_dir / ".pycni"
+    # the oldest is retired, not removed: a call started from it may still be running
+    assert sorted(p.name for p in store.iterdir()) == sorted(ids)
+    assert (store / ids[0] / ".retired").exists() and not (store / ids[1] / ".retired").exists()
+    install.install_binaries(fake_build(tmp_path, "four"), bin_dir)      # within the grace
+    assert (store / ids[0]).is_dir() and (store / ids[1] / ".retired").exists()
+    real_time = install.time.time
+    monkeypatch.setattr(install.time, "time", lambda: real_time() + install.RETIRE_GRACE_SECONDS + 1)
+    install.install_binaries(fake_build(tmp_path, "five"), bin_dir)      # after it
+    assert not (store / ids[0]).exists() and not (store / ids[1]).exists()
+    assert (store / ids[2] / ".retired").exists()
 
 
 def test_replaces_a_plain_file(tmp_path):
