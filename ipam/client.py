@@ -42,11 +42,22 @@ def add(conf: NetConf, req: Request) -> Result:
 
 def delete(conf: NetConf, req: Request) -> None:
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import config as ipam_config, service
 
-        service.delete(_ipam_config(conf, req), req.container_id, req.ifname)
-    else:
+        try:
+            where = _ipam_config(conf, req)
+        except CNIError:            # DEL needs only where the reservations are
+            where = ipam_config.locate(conf.ipam, conf.name)
+        service.delete(where, req.container_id, req.ifname)
+        return
+    from ipam.delegate import PluginNotFound
+
+    try:
         _run(conf, req, "DEL")
+    except PluginNotFound as e:     # nothing to run: ADD could not have run it either
+        from cni.spec.log import log
+
+        log.warning(f"DEL: IPAM not released: {e.msg} ({e.details})")
 
 
 def rollback(conf: NetConf, req: Request, added: Result) -> None:

@@ -246,3 +246,17 @@ def parse(ipam: Any, network: str, runtime_config: dict | None = None, args: dic
         if conf.set_index_of(ip) is None:
             raise _err("requested IP not in any range", str(ip))
     return conf
+
+
+def locate(ipam: Any, network: str) -> IPAMConfig:
+    """Only where the network's reservations live: what DEL needs when the rest of the IPAM section
+    no longer parses (DEL must still release). Falls back to the defaults for what is unusable."""
+    ipam = ipam if isinstance(ipam, dict) else {}
+    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    if not isinstance(data_dir, str) or not os.path.isabs(data_dir) or "\0" in data_dir:
+        data_dir = DEFAULT_DATA_DIR
+    timeout = ipam.get("lockTimeout", DEFAULT_LOCK_TIMEOUT)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        timeout = DEFAULT_LOCK_TIMEOUT
+    return IPAMConfig(type=str(ipam.get("type") or ""), network=network, range_sets=(),
+                      data_dir=os.path.normpath(data_dir), lock_timeout=float(timeout))

@@ -15,14 +15,18 @@ from cni.spec.log import log
 DELEGATE_TIMEOUT = 60.0
 
 
+class PluginNotFound(InvalidConfig):
+    """No such plugin in CNI_PATH (or no valid name for one): nothing of it can be run."""
+
+
 def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
     if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
-        raise InvalidConfig("invalid plugin type", repr(plugin_type))
+        raise PluginNotFound("invalid plugin type", repr(plugin_type))
     for d in path:
         candidate = os.path.join(d, plugin_type)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise InvalidConfig(f"failed to find plugin {plugin_type!r} in path", str(list(path)))
+    raise PluginNotFound(f"failed to find plugin {plugin_type!r} in path", str(list(path)))
 
 
 def exec_plugin(plugin_type: str, command: str, env: Mapping[str, str], path: tuple[str, ...],

@@ -27,8 +27,12 @@ def add(conf: IPAMConfig, container_id: str, ifname: str, store: Store | None = 
 
 
 def delete(conf: IPAMConfig, container_id: str, ifname: str, store: Store | None = None) -> list[IPAddress]:
+    """Release the attachment's addresses. Creates nothing: no data dir (or a dangling one) means
+    nothing to release, and a lock file that cannot be made means no writer ever reserved here."""
     store = store or open_store(conf)
-    with store.lock():
+    if not store.present():
+        return []
+    with store.lock(create=False):
         return allocator.release(store, container_id, ifname)
 
 

@@ -31,7 +31,8 @@ SCRATCH = ".pycni-reserve"
 
 
 class Store(Protocol):
-    def lock(self) -> contextlib.AbstractContextManager: ...
+    def present(self) -> bool: ...
+    def lock(self, create: bool = True) -> contextlib.AbstractContextManager: ...
     def held_by(self, container_id: str, ifname: str) -> list[IPAddress]: ...
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool: ...
     def last_reserved(self, set_index: int) -> IPAddress | None: ...
@@ -57,12 +58,24 @@ class DiskStore:
         except OSError as e:
             raise IOFailure("cannot create IPAM data directory", f"{self.dir}: {e.strerror}") from None
 
+    def present(self) -> bool:
+        """Whether the network's data dir exists (a dangling symlink does not)."""
+        return os.path.isdir(self.dir)
+
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        self._ensure_dir()
+    def lock(self, create: bool = True) -> Iterator[None]:
+        """Hold the network's lock. With create=False (DEL) nothing is created: without a lock file
+        no writer ever reserved here (each takes the lock first), so there is nothing to guard."""
         path = os.path.join(self.dir, LOCK_NAME)
+        if create:
+            self._ensure_dir()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if create:
+                raise IOFailure("cannot open IPAM lock", f"{path}: no such file or directory") from None
+            yield
+            return
         except OSError as e:
             raise IOFailure("cannot open IPAM lock", f"{path}: {e.strerror}") from None
         try:
@@ -92,6 +105,9 @@ class DiskStore:
             try:
                 os.write(fd, f"{container_id}\r\n{ifname}".encode())
                 os.fsync(fd)
+            except OSError:
+                os.unlink(scratch)      # a full disk: leave nothing behind
+                raise
             finally:
                 os.close(fd)
             try:

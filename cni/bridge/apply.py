@@ -17,9 +17,10 @@ from typing import Any, Iterable
 
 from cni.spec import names
 from cni.linux import netns, sysctl
-from cni.linux.links import (addresses_of, attr, failed, family, link_kind, lookup, netlink_errno,
+from cni.linux.links import (addresses_of, attr, delete_link, failed, family, link_kind, lookup, netlink_errno,
                               open_rtnl)
 from cni.spec.errors import CNIError, InvalidConfig, UnsupportedField
+from cni.spec.log import log
 from cni.bridge.plan import Plan
 from cni.spec.result import IPInterface, Route
 
@@ -253,15 +254,34 @@ def pod_link(path: str, ifname: str) -> tuple[Any, Any, list[IPInterface]] | Non
         raise
 
 
-def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str, str]]:
-    """(host veth, container id, ifname) of every host veth this network made."""
+def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str]]:
+    """(host veth, attachment hash) of every host veth this network made, found by its alias."""
     out = []
     for msg in ipr.links():
         alias = msg.get_attr("IFLA_IFALIAS")
-        parsed = names.parse_attachment_alias(alias) if alias else None
-        if parsed and parsed[0] == network:
-            out.append((attr(msg, "IFLA_IFNAME", ""), parsed[1], parsed[2]))
+        h = names.alias_attachment_hash(alias, network) if alias else None
+        if h:
+            out.append((attr(msg, "IFLA_IFNAME", ""), h))
     return out
+
+
+def delete_host_veth(ipr: Any, network: str, container_id: str, ifname: str) -> bool:
+    """Remove the attachment's host veth (its pod end goes with it), only if it is pycni's: it
+    carries the attachment's alias, or (an ADD killed between creating the pair and naming it) it
+    is a veth with the attachment's hashed name and no alias at all. Any other link is left alone.
+    False when there was none."""
+    name = names.host_veth_name(network, container_id, ifname)
+    msg = lookup(ipr, name)
+    if msg is None:
+        return False
+    alias = msg.get_attr("IFLA_IFALIAS") or ""
+    ours = alias == names.attachment_alias(network, container_id, ifname) or \
+        (not alias and link_kind(msg) == "veth")
+    if not ours:
+        log.warning(f"{name} is not this attachment's veth (alias {alias!r}, kind {link_kind(msg)!r}): "
+                    "left alone")
+        return False
+    return delete_link(ipr, name)
 
 
 # ---------------------------------------------------------------- CHECK

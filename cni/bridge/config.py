@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from cni.spec import names, result
 from cni.spec.fields import flag, integer, mapping, string
 from cni.portmap.options import FirewallOptions, PortMapping, parse_mappings, parse_options
-from cni.spec.errors import CNIError, DecodeFailure, InvalidConfig
+from cni.spec.errors import CNIError, DecodeFailure, InvalidConfig, UnsupportedField
 from cni.spec.result import DNS, Result
 
 IN_PROCESS_IPAM = "pycni-ipam"
@@ -43,6 +43,7 @@ class NetConf:
     args: Mapping[str, Any] = field(default_factory=dict)
     port_mappings: tuple[PortMapping, ...] = ()
     firewall: FirewallOptions = FirewallOptions()
+    complete: bool = True           # False: parsed leniently for DEL, options may be missing
 
     @property
     def wants_firewall(self) -> bool:
@@ -132,4 +133,36 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         args=args,
         port_mappings=parse_mappings(runtime_config.get("portMappings")),
         firewall=parse_options(conf),
+    )
+
+
+def parse_for_delete(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) -> NetConf:
+    """DEL finds and removes what ADD made; it makes nothing. A config ADD refuses (an mtu out of
+    range, a bad MAC, a typo in one option) must still be deletable, so each field that does not
+    parse falls back to what finds the most: masquerade and port-mapping teardown on (it finds the
+    attachment's rules by their mark), no prevResult, the IPAM section as it is."""
+    try:
+        return parse(conf, cni_args)
+    except (InvalidConfig, UnsupportedField, DecodeFailure) as e:
+        from cni.spec.log import log
+
+        log.warning(f"DEL of a config ADD would refuse ({e.msg}: {e.details}): removing what is there")
+
+    def lenient(read, fallback):
+        try:
+            return read()
+        except CNIError:
+            return fallback
+
+    ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
+    return NetConf(
+        cni_version=conf["cniVersion"], name=conf["name"], type=str(conf.get("type") or ""),
+        bridge=lenient(lambda: string(conf, "bridge", "cni0") or "cni0", "cni0"),
+        ip_masq=True,
+        ipam=ipam if isinstance(ipam.get("type"), str) else {},
+        prev_result=lenient(lambda: parse_prev_result(conf), None),
+        runtime_config=lenient(lambda: mapping(conf, "runtimeConfig"), {}),
+        args=lenient(lambda: mapping(conf, "args"), {}),
+        firewall=lenient(lambda: parse_options(conf), FirewallOptions()),
+        complete=False,
     )

@@ -78,11 +78,14 @@ def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
     from cni.firewall.rules import FirewallSpec
 
     return FirewallSpec(conf.name, req.container_id, req.ifname, tuple(pod_ips), conf.port_mappings,
-                        conf.ip_masq, conf.firewall)
+                        conf.ip_masq, conf.firewall, exhaustive=conf.complete)
 
 
 class BridgePlugin:
     def add(self, req: Request) -> Result:
+        if req.ifname == "lo":
+            raise InvalidEnvironment("invalid interface name",
+                                     "CNI_IFNAME lo is the pod's loopback; the bridge plugin adds a new interface")
         conf = config.parse(req.config, req.args)
         # `undo` unwinds first (rollback on error, emptied on success); `opened` always closes.
         with contextlib.ExitStack() as opened, contextlib.ExitStack() as undo:
@@ -131,7 +134,7 @@ class BridgePlugin:
         return out
 
     def delete(self, req: Request) -> None:
-        conf = config.parse(req.config, req.args)
+        conf = config.parse_for_delete(req.config, req.args)
         problems = _Problems(f"DEL {req.container_id}/{req.ifname}")
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
         pod = None
@@ -152,10 +155,7 @@ class BridgePlugin:
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
         if pod is not None:
-            try:
-                problems.run(f"delete {req.ifname} in the pod", links.delete_link, pod[0], req.ifname)
-            finally:
-                pod[0].close()
+            pod[0].close()      # read only: the pod end goes with the host veth, if that is ours
         problems.run("delete the host veth", _delete_host_veth, conf, req)
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
@@ -197,9 +197,10 @@ class BridgePlugin:
         valid = valid_attachments(req.config)
         host = links.open_rtnl()
         try:
-            for veth, cid, ifname in apply.attachments_on_host(host, conf.name):
-                if (cid, ifname) not in valid:
-                    log.info(f"gc: removing {veth} of {cid}/{ifname}")
+            keep = {names.attachment_hash(conf.name, cid, ifname) for cid, ifname in valid}
+            for veth, att in apply.attachments_on_host(host, conf.name):
+                if att not in keep:
+                    log.info(f"gc: removing {veth} (attachment {att[:16]})")
                     links.delete_link(host, veth)
         finally:
             host.close()
@@ -213,7 +214,7 @@ class BridgePlugin:
 def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
     host = links.open_rtnl()
     try:
-        links.delete_link(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+        apply.delete_host_veth(host, conf.name, req.container_id, req.ifname)
     finally:
         host.close()
 

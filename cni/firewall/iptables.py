@@ -232,6 +232,7 @@ def _add_family(iptc, spec: FirewallSpec, family: int) -> None:
         if spec.mappings:
             _ensure_mark_masq(table, Rule, spec.options.mark)
         _remove_jumps(table, set(chain_names(_full_hash(spec))))   # idempotent: a repeated ADD replaces
+        _take_ports(table, [r for r in rules if r.chain == HOSTPORTS], set(chains))
         for name in chains:
             _ensure_chain(table, name).flush()
         for r in rules:
@@ -250,6 +251,37 @@ def _remove_jumps(table, targets: set[str]) -> None:
         for r in list(chain.rules):
             if r.target is not None and r.target.name in targets:
                 chain.delete_rule(r)
+
+
+def _same_port(rule, want: IptRule) -> bool:
+    """Whether a HOSTPORTS jump maps the same protocol, port and host address as `want`."""
+    import ipaddress
+
+    if (rule.protocol or "") != want.protocol:
+        return False
+    if str(want.dport) not in [m.dport for m in rule.matches if m.name == want.protocol]:
+        return False
+    dst = (rule.dst or "").split("/")[0]
+    try:
+        dst_ip = ipaddress.ip_address(dst) if dst else None
+    except ValueError:
+        return False
+    if not want.dst:
+        return dst_ip is None or dst_ip.is_unspecified
+    return dst_ip == ipaddress.ip_address(want.dst)
+
+
+def _take_ports(table, jumps: list[IptRule], mine: set[str]) -> None:
+    """The last ADD takes a host port, as on nftables: another attachment's jump for the same
+    protocol, port and host address goes (its other ports stay; its chains go with its DEL)."""
+    chain = _find_chain(table, HOSTPORTS)
+    if chain is None:
+        return
+    for r in list(chain.rules):
+        target = r.target.name if r.target else ""
+        if target.startswith("PYCNI-DN-") and target not in mine and any(_same_port(r, j) for j in jumps):
+            log.warning(f"iptables: a {r.protocol} host port of {_rule_comment(r)!r} taken by a later ADD")
+            chain.delete_rule(r)
 
 
 def _delete_chains(table, names: set[str]) -> None:

@@ -275,7 +275,7 @@ def teardown_start(spec: FirewallSpec):
     def finish() -> None:
         if proc is not None:
             try:
-                if proc.wait(timeout=NFT_TIMEOUT) == 0:
+                if proc.wait(timeout=NFT_TIMEOUT) == 0 and spec.exhaustive:
                     return
             except subprocess.TimeoutExpired:
                 proc.kill()

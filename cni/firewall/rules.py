@@ -32,6 +32,9 @@ class FirewallSpec:
     mappings: tuple[PortMapping, ...] = ()
     masquerade: bool = False
     options: FirewallOptions = FirewallOptions()
+    # False when the config may not name everything ADD set up (DEL of a config that no longer
+    # parses): teardown then also looks for the attachment's rules by their mark
+    exhaustive: bool = True
 
     @property
     def tag(self) -> str:

@@ -57,19 +57,40 @@ def _serve_one(conn: socket.socket) -> None:
     conn.sendall(struct.pack("!I", len(reply)) + reply)
 
 
-def serve(path: str = DEFAULT_SOCKET) -> int:
-    _warm_up()
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+def _answering(path: str) -> bool:
+    """Whether a helper already listens on `path` (a stale socket file refuses connections)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
     try:
-        os.unlink(path)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def serve(path: str = DEFAULT_SOCKET) -> int:
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    if _answering(path):
+        sys.stderr.write(f"pycni helper: another helper is serving on {path}; not starting\n")
+        return 1
+    _warm_up()
+    try:
+        os.unlink(path)                  # a stale socket of a helper that died
     except FileNotFoundError:
         pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)          # the socket is root's only: it configures the node
     try:
-        server.bind(path)
+        server.bind(path)                # fails if another helper bound it meanwhile
+    except OSError as e:
+        sys.stderr.write(f"pycni helper: cannot bind {path}: {e.strerror}; not starting\n")
+        server.close()
+        return 1
     finally:
         os.umask(old_umask)
+    mine = os.stat(path)
     server.listen(128)
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -97,8 +118,10 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
             conn.close()
     finally:
         server.close()
-        try:
-            os.unlink(path)
+        try:            # only our own socket: another helper may have replaced the file since
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(path)
         except OSError:
             pass
 

@@ -13,6 +13,7 @@ from cni.spec.errors import InvalidConfig, InvalidEnvironment, UnknownContainer
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")   # always fullmatch: `$` would accept a final "\n"
 MAX_ID_LEN = 1024
 IFNAMSIZ = 15
+IFALIASZ = 255          # bytes of a link alias (IFLA_IFALIAS), without the final NUL
 
 
 def sha256_hex(text: str) -> str:
@@ -31,7 +32,10 @@ def sha256_hex(text: str) -> str:
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise UnknownContainer("missing containerID", "CNI_CONTAINERID is empty")
-    if len(cid) > MAX_ID_LEN or not _ID_RE.fullmatch(cid):
+    if len(cid) > MAX_ID_LEN:
+        raise InvalidEnvironment("containerID too long",
+                                 f"CNI_CONTAINERID has {len(cid)} characters, at most {MAX_ID_LEN} are accepted")
+    if not _ID_RE.fullmatch(cid):
         raise InvalidEnvironment(
             "invalid characters in containerID",
             f"CNI_CONTAINERID {cid[:80]!r} must match {_ID_RE.pattern}",
@@ -75,8 +79,25 @@ def host_veth_name(network: str, container_id: str, ifname: str) -> str:
 
 
 def attachment_alias(network: str, container_id: str, ifname: str) -> str:
-    """Written as the host veth's alias so GC can find what belongs to which attachment."""
-    return f"pycni/{network}/{container_id}/{ifname}"
+    """Written as the host veth's alias: pycni's mark on it (DEL removes only a link that carries
+    the alias of its attachment) and how GC finds each attachment's veth. Readable when it fits in
+    a link alias (255 bytes); else `pycni#<network hash>#<attachment hash>`."""
+    plain = f"pycni/{network}/{container_id}/{ifname}"
+    if len(plain.encode()) <= IFALIASZ:
+        return plain
+    return f"pycni#{sha256_hex(network)[:8]}#{attachment_hash(network, container_id, ifname)}"
+
+
+def alias_attachment_hash(alias: str, network: str) -> str | None:
+    """The attachment hash an alias of `network` names (either form), or None if the alias is not
+    one of this network's."""
+    parts = alias.split("/")
+    if len(parts) == 4 and parts[0] == "pycni":
+        return attachment_hash(*parts[1:]) if parts[1] == network else None
+    parts = alias.split("#")
+    if len(parts) == 3 and parts[0] == "pycni" and parts[1] == sha256_hex(network)[:8]:
+        return parts[2]
+    return None
 
 
 def parse_attachment_alias(alias: str) -> tuple[str, str, str] | None:

@@ -41,6 +41,8 @@ class Request:
     raw_config: bytes = b""
     version: str = CURRENT
     env: Mapping[str, str] = field(default_factory=dict)
+    # DEL of a name ADD refuses: nothing can have been made for it, so there is nothing to do
+    nothing_made: str = ""
 
 
 class Plugin(Protocol):
@@ -96,11 +98,11 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _check_netns(command: str, netns: str) -> None:
-    if command == "DEL" or not netns:
+    if not netns:
         return
-    if not os.path.exists(netns):
+    if command != "DEL" and not os.path.exists(netns):
         raise InvalidEnvironment("invalid CNI_NETNS", f"network namespace {netns} does not exist")
-    if _same_file(netns, "/proc/self/ns/net"):
+    if _same_file(netns, "/proc/self/ns/net"):      # on DEL too: never act on the node as a pod
         raise InvalidNetns("plugin's netns and netns from CNI_NETNS should not be the same", netns)
 
 
@@ -112,6 +114,16 @@ def _read_stdin(stdin: IO[bytes]) -> bytes:
     if len(raw) > MAX_STDIN:
         raise IOFailure("network configuration too large", f"more than {MAX_STDIN} bytes on stdin")
     return raw
+
+
+def _cni_args(command: str, raw: str) -> dict[str, str]:
+    try:
+        return parse_cni_args(raw)
+    except InvalidEnvironment as e:
+        if command != "DEL":
+            raise
+        log.warning(f"DEL: CNI_ARGS ignored ({e.msg}: {e.details})")   # DEL needs none of them
+        return {}
 
 
 def build_request(env: Mapping[str, str], stdin: IO[bytes]) -> Request:
@@ -136,13 +148,18 @@ def build_request(env: Mapping[str, str], stdin: IO[bytes]) -> Request:
     version = _config_version(conf)
     ensure_supported(version)
     ensure_verb_allowed(command, version)
-    names.validate_network_name(conf.get("name"))
-
     container_id = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
-    if command in _REQUIRED:
-        names.validate_container_id(container_id)
-        names.validate_ifname(ifname)
+    nothing_made = ""
+    try:
+        names.validate_network_name(conf.get("name"))
+        if command in _REQUIRED:
+            names.validate_container_id(container_id)
+            names.validate_ifname(ifname)
+    except (InvalidConfig, InvalidEnvironment) as e:
+        if command != "DEL":
+            raise
+        nothing_made = f"{e.msg}: {e.details}"    # ADD refuses these names, so it made nothing
     netns = env.get("CNI_NETNS", "")
     if command in _REQUIRED:
         _check_netns(command, netns)
@@ -151,12 +168,13 @@ def build_request(env: Mapping[str, str], stdin: IO[bytes]) -> Request:
         container_id=container_id,
         netns=netns,
         ifname=ifname,
-        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        args=_cni_args(command, env.get("CNI_ARGS", "")),
         path=tuple(p for p in env.get("CNI_PATH", "").split(os.pathsep) if p),
         config=conf,
         raw_config=raw,
         version=version,
         env=env,
+        nothing_made=nothing_made,
     )
 
 
@@ -198,6 +216,9 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         log.configure(conf.get("logFile") if isinstance(conf.get("logFile"), str) else None,
                       conf.get("logLevel") if isinstance(conf.get("logLevel"), str) else None,
                       f"{about} {req.command} {req.container_id[:12]}/{req.ifname} ")
+        if req.nothing_made:
+            log.info(f"DEL: nothing to do ({req.nothing_made})")
+            return 0
         plugin = plugin_factory()
         handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                    "STATUS": plugin.status, "GC": plugin.gc}[req.command]

@@ -52,8 +52,18 @@ def ready_line(proc: subprocess.Popen, timeout: float = 20.0, stream=None) -> st
 
 
 def _all_test_netns() -> list[str]:
-    return [line.split()[0] for line in sh("ip", "netns", "list").splitlines()
-            if line.startswith(PREFIX)]
+    """Test namespaces of test runs that are over: names carry the pid of the run that made them,
+    and another run going on at the same time keeps its own."""
+    out = []
+    for line in sh("ip", "netns", "list").splitlines():
+        name = line.split()[0]
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and os.path.exists(f"/proc/{pid}"):
+            continue
+        out.append(name)
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

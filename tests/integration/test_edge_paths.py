@@ -32,15 +32,16 @@ def test_del_finishes_with_match_conditions_while_nft_is_installed(node):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_shared_host_port_survives_the_other_pods_del(node, backend):
-    """Two pods map TCP 8080: whichever holds it, the DEL of the other must not take the holder's
-    hairpin / 127.0.0.1 marks (nftables used to delete `snat_any {tcp . 8080}` by the first pod's
-    comment)."""
+    """Two pods map TCP 8080: the last ADD holds it on both backends (legacy iptables used to keep
+    the first), and the DEL of the other must not take the holder's hairpin / 127.0.0.1 marks
+    (nftables used to delete `snat_any {tcp . 8080}` by the first pod's comment)."""
     w = World(node, backend)
     try:
         m = [{"hostPort": 8080, "containerPort": 80}]
         a, conf_a, res_a = w.add_pod("a", m)
         b, conf_b, res_b = w.add_pod("b", m)
         holder = w.ask(w.client, "tcp", "192.0.2.2", 8080).split()[0]
+        assert holder == "b"        # one rule on both backends: the last ADD takes the port (issue 16)
         other = {"a": ("b", b, conf_b, res_b), "b": ("a", a, conf_a, res_a)}[holder]
         # DEL the pod that does not hold the port
         cid, pod, conf, res = other
@@ -50,6 +51,10 @@ def test_a_shared_host_port_survives_the_other_pods_del(node, backend):
         assert w.ask(node.name, "tcp", "127.0.0.1", 8080).startswith(f"{holder} ")
         assert w.ask(holder_pod, "tcp", "192.0.2.2", 8080) == f"{holder} 10.88.0.1"   # hairpin
         assert comments(dump_rules(w)) == {holder}
+        # the holder's DEL frees the port; the earlier pod does not get it back (as on nftables)
+        assert node.pycni("DEL", {**conf_b, "prevResult": res_b}, b, cid="b").rc == 0
+        assert w.ask(w.client, "tcp", "192.0.2.2", 8080) == ""
+        assert comments(dump_rules(w)) == set()
     finally:
         w.close()
 

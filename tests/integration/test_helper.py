@@ -104,3 +104,42 @@ def test_helper_child_killed_mid_add(node, helper, tmp_path):
     assert dele.rc == 0, dele.out
     assert not [link for link in node.links() if link.startswith("veth")]
     assert helper.poll() is None
+
+
+def start_helper(node, path):
+    return subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket", str(path)],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_helper_refuses_while_one_answers(node, helper):
+    path = node.tmp / "helper.sock"
+    second = start_helper(node, path)
+    try:
+        assert second.wait(timeout=30) != 0
+        assert "another helper is serving" in second.stderr.read()
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.wait()
+        second.stderr.close()
+    pod = node.pod()
+    assert node.pycni("ADD", netconf(node), pod, cid="one").rc == 0
+    assert served_by_helper(node) == 1          # the first still serves, on its own socket
+
+
+def test_a_helper_removes_only_its_own_socket(node, helper):
+    path = node.tmp / "helper.sock"
+    path.unlink()                               # someone removed the first helper's socket...
+    second = start_helper(node, path)           # ...and a new helper took the path
+    try:
+        assert "serving on" in ready_line(second, stream=second.stderr)
+        helper.send_signal(signal.SIGTERM)
+        helper.wait(timeout=30)
+        assert path.exists(), "the first helper removed the second's socket"
+        pod = node.pod()
+        assert node.pycni("ADD", netconf(node), pod, cid="two").rc == 0
+        assert served_by_helper(node) == 1
+    finally:
+        second.kill()
+        second.wait()
+        second.stderr.close()

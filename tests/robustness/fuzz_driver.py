@@ -86,13 +86,29 @@ def cases(draw, data_dir: str, pod: str):
     env = {"CNI_COMMAND": mostly("ADD", st.sampled_from(COMMANDS)),
            "CNI_CONTAINERID": mostly("c1", st.one_of(st.sampled_from(["abc-123.x_y", ""]), WEIRD)),
            "CNI_NETNS": mostly(pod, st.sampled_from(["", "/nonexistent/ns", "/proc/self/ns/net", "/etc/hostname"])),
-           "CNI_IFNAME": mostly("eth0", st.one_of(st.sampled_from(["net1", "a" * 16]), WEIRD)),
+           "CNI_IFNAME": mostly("eth0", st.one_of(st.sampled_from(["net1", "a" * 16, "lo", DECOY]), WEIRD)),
            "CNI_ARGS": mostly("IgnoreUnknown=1;K8S_POD_NAME=x", st.one_of(st.sampled_from(
                ["", "IP=10.99.0.7", "MAC=02:00:00:00:00:01", "FOO=1", "a=b=c", "IP=10.99.0.1"]), WEIRD)),
            "CNI_PATH": "/nonexistent"}
     drop = st.sampled_from([False] * 19 + [True])   # (hypothesis favours the first choice)
     env = {k: v for k, v in env.items() if k == "CNI_COMMAND" or not draw(drop)}
     return raw, env
+
+
+DECOY = "fzdecoy"          # a link in the pod that pycni did not make (its peer on the node: fzdecoyp)
+# codes with which a DEL may still refuse, because the call itself is not a CNI call pycni can act
+# on: version (1), no container id (3), undecodable stdin (6), the plugin's own namespace (8)
+DEL_MAY_REFUSE = {1, 3, 6, 8}
+
+
+def decoys(pod: str) -> None:
+    """Put the decoy in place (again, if a case took it)."""
+    ns = os.path.basename(pod)
+    if DECOY in pod_links(pod):
+        return
+    subprocess.run(["ip", "link", "del", "fzdecoyp"], capture_output=True, timeout=60)
+    subprocess.run(["ip", "link", "add", "fzdecoyp", "type", "veth", "peer", "name", DECOY], check=True, timeout=60)
+    subprocess.run(["ip", "link", "set", DECOY, "netns", ns], check=True, timeout=60)
 
 
 def host_veths() -> list[str]:
@@ -132,7 +148,8 @@ def pod_links(pod: str) -> list[str]:
 
 
 def node_state(data: str, pod: str) -> tuple:
-    return host_veths(), reservations_anywhere(data), firewall_rules(), pod_links(pod)
+    decoy_peer = os.path.exists("/sys/class/net/fzdecoyp")
+    return host_veths(), reservations_anywhere(data), firewall_rules(), pod_links(pod), decoy_peer
 
 
 BIN = Path(sys.executable).parent
@@ -177,6 +194,8 @@ def main() -> int:
     counts: Counter = Counter()
     leaks: list[str] = []
     unexpected: list[str] = []
+    refused: list[str] = []
+    decoys(args.pod)
 
     @seed(run_seed)
     @settings(max_examples=args.cases, deadline=None, derandomize=False,
@@ -212,19 +231,31 @@ def main() -> int:
             after = node_state(args.data, args.pod)
             if after != before:
                 leaks.append(f"{reply} {env} left {after} (before {before})")
-                # clean up so later cases start from a known state
-                run_here({**env, "CNI_COMMAND": "DEL"}, raw)
+            # what ADD refused, DEL still finishes; and it never takes a link pycni did not make
+            rc3, text3 = run({**env, "CNI_COMMAND": "DEL"}, raw)
+            counts["DEL after a refused ADD"] += 1
+            if rc3 != 0:
+                reply3 = json.loads(text3) if text3.strip() else {}
+                missing = reply3.get("msg") == "required env variables missing"   # not a DEL at all
+                if reply3.get("code") not in DEL_MAY_REFUSE and not missing:
+                    refused.append(f"DEL {reply3} after ADD code {reply['code']}: {env} {raw[:300]!r}")
+            if node_state(args.data, args.pod) != before:
+                leaks.append(f"DEL after refused ADD {env} changed {before} into {node_state(args.data, args.pod)}")
+                decoys(args.pod)
 
     one()
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("code"))
     print(f"fuzz: {counts['cases']} cases (seed {run_seed}, {counts['executable']} through the executable), "
           f"{counts['ok']} results, errors ({errors}), untranslated exceptions = {len(unexpected)}, "
+          f"{counts['DEL after a refused ADD']} DELs after a refused ADD, of them refused = {len(refused)}, "
           f"leaks found = {len(leaks)}")
     for leak in leaks[:10]:
         print("  LEAK", leak)
     for u in unexpected[:10]:
         print("  UNTRANSLATED", u)
-    return 1 if leaks or unexpected else 0
+    for r in refused[:10]:
+        print("  DEL REFUSED", r)
+    return 1 if leaks or unexpected or refused else 0
 
 
 if __name__ == "__main__":

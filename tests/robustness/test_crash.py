@@ -63,6 +63,25 @@ def rule_owners(node, backend) -> list[str]:  # noqa: F811
     return re.findall(r"pycni testnet/([^/\"]+)/", text)
 
 
+def living(pids: list[str]) -> list[str]:
+    """The processes that are not on their way out: a child killed with its parent may still be
+    exiting when we look (PF_EXITING set, or SIGKILL pending)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue                    # gone already
+        exiting = int(fields[6]) & 0x4  # PF_EXITING (field 9 of stat)
+        killed = any(int(status.get(k, "0").strip(), 16) & (1 << 8) for k in ("SigPnd", "ShdPnd"))
+        if fields[0] not in ("Z", "X") and not exiting and not killed:
+            out.append(pid)
+    return out
+
+
 def strays(node) -> None:  # noqa: F811
     """Wait until no process runs in the node namespace (children of a killed plugin)."""
     deadline = time.monotonic() + 30
@@ -147,7 +166,7 @@ def test_sigkill_during_add_and_del_leaves_exactly_the_live_containers(node, bac
             completed += 1
         proc.wait()
         proc.stdout.close()
-        orphans += len(sh("ip", "netns", "pids", node.name).split())   # children that outlived it
+        orphans += len(living(sh("ip", "netns", "pids", node.name).split()))   # children that outlived it
         # the runtime's follow-up: DEL of that container (a killed ADD or DEL counts as failed)
         if proc.returncode != 0 or command == "DEL":
             dele = node.pycni("DEL", conf, pod, cid=cid)

@@ -11,8 +11,11 @@ class FakeStore:
         self.cursors = {}    # set index -> ip
         self.locked = 0
 
+    def present(self):
+        return True
+
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, create=True):
         self.locked += 1
         try:
             yield
