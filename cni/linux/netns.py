@@ -13,14 +13,15 @@ import os
 from typing import Iterator
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000    # mount namespace: only the resident helper's child enters one
 _libc = None
 
 
-def _setns(fd: int) -> None:
+def _setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 

@@ -1,10 +1,25 @@
-"""The thin side of the resident helper: hand one CNI call to `pycni helper` if it runs.
+"""The thin side of the resident helper: hand one CNI call to `pycni helper` if it takes it.
 
 A plugin process spends most of its time starting Python and importing pyroute2 and friends. When
 a per-node helper is listening (`pycni helper`, socket `$PYCNI_HELPER_SOCKET`, default
-/run/pycni/helper.sock), the executable sends it the call (CNI_* environment, stdin, and its own
-network namespace as a file descriptor) and prints the answer; nothing else is imported. With no
-helper, `forward` returns None and the caller runs the call in process as usual.
+/run/pycni/helper.sock), the executable offers it the call (CNI_* environment, stdin, and its own
+network and mount namespaces as file descriptors) and prints the answer; nothing else is imported.
+
+The hand-over, so that a call is carried out exactly once whatever the helper does:
+
+    client                                   helper (a child forked for this call)
+    request + netns fd        ------------>
+                              <------------  ACK + a pidfd of the child  (nothing done yet)
+    GO                        ------------>  only now does the child start the call
+                              <------------  result
+
+- No ACK within HANDOVER_TIMEOUT (helper absent, stopped, hung, overloaded, of another protocol):
+  the client closes the connection and runs the call in process. The child, if it ever wakes,
+  finds no GO and does nothing: an unacknowledged call can never be run by the helper later.
+- After GO the call is the helper's. If the answer does not come within CALL_TIMEOUT, or the child
+  dies, the client kills the child through its pidfd (so it can never go on after the caller gave
+  up); ADD then answers code 11 (the runtime DELs and retries), the other verbs, which are
+  idempotent, run again in process. The helper also kills a child whose caller went away.
 
 Rule: this module imports only the standard library's cheapest modules.
 """
@@ -14,10 +29,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import struct
+import time
 
 DEFAULT_SOCKET = "/run/pycni/helper.sock"
-TIMEOUT = 240.0
+HANDOVER_TIMEOUT = 1.0      # connect, send, acknowledgement: all a call can lose to a bad helper
+CALL_TIMEOUT = 110.0        # a call the helper took: below the kubelet's 2-minute request deadline
+ACK, GO = b"ACK1", b"GO01"
 CODE_TRY_AGAIN = 11
 
 
@@ -35,53 +54,108 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def _in_process(plugin: str, env, data: bytes, stdout) -> int:
+    import io
+
+    from cni.plugins import run
+
+    return run(plugin, env, io.BytesIO(data), stdout)
+
+
+def _kill(pidfd: int | None) -> None:
+    if pidfd is None:
+        return
+    import signal
+
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass                    # already gone
+
+
+def _hand_over(sock: socket.socket, path: str, request: bytes) -> int:
+    """Connect, send, wait for the acknowledgement, commit with GO; the child's pidfd. Raises on
+    anything that goes wrong before GO is sent (then the helper will never run the call)."""
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the helper did not take the call in time")
+        return remaining
+
+    sock.settimeout(left())
+    sock.connect(path)
+    # the call runs where we are: in our network and mount namespaces (paths resolve as here)
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sock.settimeout(left())
+            sock.sendmsg([struct.pack("!I", len(request))],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", netns, mntns))])
+        finally:
+            os.close(mntns)
+    finally:
+        os.close(netns)
+    sock.settimeout(left())
+    sock.sendall(request)
+    sock.settimeout(left())
+    msg, anc, _, _ = sock.recvmsg(len(ACK), socket.CMSG_SPACE(4))
+    fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
+           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4]
+    if msg != ACK or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError("the helper did not acknowledge the call")
+    try:
+        sock.settimeout(left())
+        sock.sendall(GO)
+    except BaseException:
+        os.close(fds[0])
+        raise
+    return fds[0]
+
+
 def forward(plugin: str, env, stdin, stdout) -> int | None:
-    """Exit code of the call served by the helper, or None when no helper answers."""
+    """Exit code of the call, served by the helper or (when the helper did not take it) in
+    process; None when there is no helper to ask."""
     if env.get("PYCNI_HELPER", "1") == "0":
         return None
     path = socket_path(env)
-    if not os.path.exists(path):
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return None         # no helper, or something else in its place
+    except OSError:
         return None
+    data = stdin.read()
+    request = json.dumps({
+        "plugin": plugin,
+        "env": {k: v for k, v in env.items() if k.startswith(("CNI_", "PYCNI_")) or k == "PATH"},
+        "stdin": data.decode("latin-1"),
+    }).encode()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None     # a stale socket: nobody listens, run in process
-    command = env.get("CNI_COMMAND", "")
-    data = None
-    try:
-        data = stdin.read()
-        request = json.dumps({
-            "plugin": plugin,
-            "env": {k: v for k, v in env.items() if k.startswith(("CNI_", "PYCNI_")) or k == "PATH"},
-            "stdin": data.decode("latin-1"),
-        }).encode()
-        netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sock.sendmsg([struct.pack("!I", len(request))],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", netns))])
-        finally:
-            os.close(netns)
-        sock.sendall(request)
-        sock.settimeout(TIMEOUT)
+        pidfd = _hand_over(sock, path, request)
+    except (OSError, ConnectionError, ValueError):
+        sock.close()            # never handed over: the helper will not run it; we do
+        return _in_process(plugin, env, data, stdout)
+    try:                        # from here on the call is the helper's
+        sock.settimeout(CALL_TIMEOUT)
         size = struct.unpack("!I", _recv_exact(sock, 4))[0]
         reply = json.loads(_recv_exact(sock, size))
     except (OSError, ConnectionError, ValueError) as e:
-        if command != "ADD" and data is not None:
-            # DEL, CHECK, STATUS, GC are safe to run again: do it here. (stdin was consumed.)
-            import io
-
-            from cni.plugins import run
-
-            return run(plugin, env, io.BytesIO(data), stdout)
+        _kill(pidfd)            # it may not go on after we give up
+        if env.get("CNI_COMMAND", "") != "ADD":
+            return _in_process(plugin, env, data, stdout)   # DEL, CHECK, STATUS, GC: idempotent
         out = {"cniVersion": "1.1.0", "code": CODE_TRY_AGAIN,
-               "msg": "pycni helper failed during the call", "details": str(e)}
+               "msg": "pycni helper failed during the call", "details": str(e) or type(e).__name__}
         stdout.write(json.dumps(out) + "\n")
         stdout.flush()
         return 1
     finally:
         sock.close()
+        os.close(pidfd)
     stdout.write(reply.get("stdout", ""))
     stdout.flush()
     return int(reply.get("rc", 1))

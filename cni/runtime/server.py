@@ -1,11 +1,11 @@
 """`pycni helper`: a resident per-node process that serves CNI calls with everything imported.
 
 Each call arrives on a unix socket from `cni.runtime.client` (CNI_* environment, stdin, and the
-caller's network namespace as a file descriptor). The helper forks; the child enters the caller's
-network namespace and runs the very same `skel.run` the executable would, then answers and exits.
-So a call behaves exactly as in process, and if the helper dies between calls the executables go
-back to running in process. If a child dies during an ADD, the caller answers code 11 (try again
-later): the runtime then DELs and retries. Other verbs are rerun in process by the caller.
+caller's network and mount namespaces as file descriptors). The helper forks; the child acknowledges with a
+pidfd of itself and waits for the caller's GO (see the hand-over in `cni.runtime.client`): only
+then does it enter the caller's network namespace and run the very same `skel.run` the executable
+would, answer, and exit. A child whose caller went away before the answer is killed by the parent.
+Only root may call (SO_PEERCRED); the socket is root's alone.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import array
 import io
 import json
 import os
+import select
 import signal
 import socket
 import struct
 import sys
 
 from cni.linux import netns
-from cni.runtime.client import DEFAULT_SOCKET, _recv_exact
+from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, _recv_exact
 from cni.plugins import PLUGINS
+
+REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
 
 
 def _warm_up() -> None:
@@ -33,18 +36,40 @@ def _warm_up() -> None:
     from ipam import plugin as ipam_plugin, service  # noqa: F401
 
 
-def _serve_one(conn: socket.socket) -> None:
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """The request and the caller's namespaces (network, mount)."""
     fds = array.array("i")
-    msg, anc, _, _ = conn.recvmsg(4, socket.CMSG_SPACE(fds.itemsize))
+    conn.settimeout(REQUEST_TIMEOUT)
+    msg, anc, _, _ = conn.recvmsg(4, socket.CMSG_SPACE(2 * fds.itemsize))
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    if len(msg) < 4 or not fds:
+    if len(msg) < 4 or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
         raise ConnectionError("malformed request")
     size = struct.unpack("!I", msg if len(msg) == 4 else msg + _recv_exact(conn, 4 - len(msg)))[0]
-    request = json.loads(_recv_exact(conn, size))
-    netns._setns(fds[0])          # the caller's namespace is our "host" from here on
-    os.close(fds[0])
+    return json.loads(_recv_exact(conn, size)), list(fds)
+
+
+def _serve_one(conn: socket.socket) -> None:
+    request, (caller_net, caller_mnt) = _receive(conn)
+    me = os.pidfd_open(os.getpid())
+    try:
+        conn.sendmsg([ACK], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", me))])
+    finally:
+        os.close(me)
+    conn.settimeout(HANDOVER_TIMEOUT)
+    if _recv_exact(conn, len(GO)) != GO:     # no GO: the caller runs the call itself (or gave up)
+        raise ConnectionError("the caller did not commit the call")
+    conn.settimeout(None)
+    # the caller's namespaces are ours from here on: its network is our "host", and every path
+    # (CNI_NETNS, dataDir, logFile, CNI_PATH, nft, the xtables lock) resolves as in the caller
+    netns._setns(caller_mnt, netns.CLONE_NEWNS)
+    netns._setns(caller_net)
+    os.close(caller_mnt)
+    os.close(caller_net)
+    os.chdir("/")
     from cni import plugins
     from cni.spec.log import log
 
@@ -70,10 +95,30 @@ def _answering(path: str) -> bool:
         probe.close()
 
 
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _private_dir(path: str) -> None:
+    """The socket's own directory (/run/pycni, or any named pycni*): root's, mode 0700, even when it
+    was there before with looser rights. A shared directory the admin named is left as it is."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if os.path.basename(d).startswith("pycni"):
+        os.chown(d, 0, 0)
+        os.chmod(d, 0o700)
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"pycni helper: {text}\n")
+    sys.stderr.flush()
+
+
 def serve(path: str = DEFAULT_SOCKET) -> int:
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    _private_dir(path)
     if _answering(path):
-        sys.stderr.write(f"pycni helper: another helper is serving on {path}; not starting\n")
+        _log(f"another helper is serving on {path}; not starting")
         return 1
     _warm_up()
     try:
@@ -85,37 +130,37 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
     try:
         server.bind(path)                # fails if another helper bound it meanwhile
     except OSError as e:
-        sys.stderr.write(f"pycni helper: cannot bind {path}: {e.strerror}; not starting\n")
+        _log(f"cannot bind {path}: {e.strerror}; not starting")
         server.close()
         return 1
     finally:
         os.umask(old_umask)
     mine = os.stat(path)
     server.listen(128)
-    signal.signal(signal.SIGCHLD, lambda *_: _reap())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.stderr.write(f"pycni helper: serving on {path} (pid {os.getpid()})\n")
-    sys.stderr.flush()
+    _log(f"serving on {path} (pid {os.getpid()})")
+    watching: dict[int, tuple[socket.socket, int]] = {}     # fd -> (connection, child pid)
+    poller = select.poll()
+    poller.register(server, select.POLLIN)
     try:
         while True:
-            conn, _ = server.accept()   # PEP 475: EINTR (SIGCHLD) is retried by Python itself
-            pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    server.close()
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    _serve_one(conn)
-                except BaseException as e:   # never let a child return into the accept loop
-                    code = 1
+            for fd, events in poller.poll(500):
+                if fd == server.fileno():
+                    _accept(server, poller, watching)
+                elif fd in watching:         # the caller hung up: its child must not go on
+                    conn, pid = watching.pop(fd)
+                    poller.unregister(fd)
+                    conn.close()
                     try:
-                        sys.stderr.write(f"pycni helper: request failed: {e}\n")
-                    except Exception:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
                         pass
-                finally:
-                    os._exit(code)
-            conn.close()
+            for pid in _reap():
+                for fd, (conn, child) in list(watching.items()):
+                    if child == pid:
+                        del watching[fd]
+                        poller.unregister(fd)
+                        conn.close()
     finally:
         server.close()
         try:            # only our own socket: another helper may have replaced the file since
@@ -126,11 +171,42 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
             pass
 
 
-def _reap() -> None:
+def _accept(server: socket.socket, poller, watching: dict) -> None:
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        return
+    uid = _peer_uid(conn)
+    if uid != 0:
+        _log(f"refused a caller with uid {uid}: only root may configure the node")
+        conn.close()
+        return
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            server.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _serve_one(conn)
+        except BaseException as e:   # never let a child return into the accept loop
+            code = 1
+            try:
+                _log(f"request not served: {e}")
+            except Exception:
+                pass
+        finally:
+            os._exit(code)
+    watching[conn.fileno()] = (conn, pid)
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+
+
+def _reap() -> list[int]:
+    done = []
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return done
         if pid == 0:
-            return
+            return done
+        done.append(pid)

@@ -147,8 +147,9 @@ def test_containers_get_pycni_networking(containerd, node):
     ping = c.ctr("task", "exec", "--exec-id", "p1", "web1", "ping", "-c", "1", "-W", "3", ip2)
     assert "1 packets received" in ping.stdout
     # the node reaches each container's HTTP server
-    for ip, name in ((ip1, "web1"), (ip2, "web2")):
-        assert sh("curl", "-s", "-m", "5", f"http://{ip}/id", ns=node.name).strip() == name
+    for ip, name in ((ip1, "web1"), (ip2, "web2")):       # (httpd may still be starting on a busy node)
+        wait_for(lambda: sh("curl", "-s", "-m", "2", f"http://{ip}/id", ns=node.name, check=False).strip() == name,
+                 timeout=20, what=f"{name}'s HTTP server from the node")
     # masquerade elements are tagged with the container id
     rules = sh("nft", "list", "table", "inet", "pycni", ns=node.name)
     assert f"{NAMESPACE}-web1" in rules and f"{NAMESPACE}-web2" in rules

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +146,109 @@ def test_a_helper_removes_only_its_own_socket(node, helper):
         second.kill()
         second.wait()
         second.stderr.close()
+
+
+def test_a_stopped_helper_costs_a_second_and_never_runs_the_call_later(node, helper):
+    """SIGSTOP: the call is not acknowledged, so it runs in process after HANDOVER_TIMEOUT; after
+    SIGCONT the helper finds the caller gone and does nothing (the call ran exactly once)."""
+    pod, other = node.pod(), node.pod()
+    conf = netconf(node)
+    t0 = time.monotonic()
+    assert node.pycni("ADD", conf, other, cid="warm").rc == 0
+    served = time.monotonic() - t0
+    os.kill(helper.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        res = node.pycni("ADD", conf, pod, cid="stopped")
+        took = time.monotonic() - t0
+        assert res.rc == 0, res.out
+    finally:
+        os.kill(helper.pid, signal.SIGCONT)
+    time.sleep(1.5)                             # the helper wakes, accepts, finds no GO
+    assert served_by_helper(node) == 1          # only the first call
+    assert took < served + 3.0, (took, served)
+    ips = [line for line in sh("ip", "-o", "-4", "addr", "show", ns=pod).splitlines() if "eth0" in line]
+    assert len(ips) == 1 and len(node.reservations("testnet")) == 2
+    assert helper.poll() is None
+    print(f"helper stopped: ADD took {took * 1000:.0f} ms, {served * 1000:.0f} ms through the helper")
+
+
+def test_a_socket_replaced_by_a_regular_file_means_in_process(node, helper):
+    path = node.tmp / "helper.sock"
+    path.unlink()
+    path.write_text("not a socket")
+    pod = node.pod()
+    res = node.pycni("ADD", netconf(node), pod, cid="file")
+    assert res.rc == 0, res.out
+    assert served_by_helper(node) == 0
+
+
+def test_only_root_may_call_the_helper(node):
+    """SO_PEERCRED: a caller that is not root is refused (and logged), even when the socket's mode
+    would let it in; the caller then runs in process (and, not being root, can only read)."""
+    d = Path(tempfile.mkdtemp(prefix="peercred-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    path = d / "helper.sock"
+    helper = start_helper(node, path)
+    try:
+        assert "serving on" in ready_line(helper, stream=helper.stderr)
+        os.chmod(path, 0o666)
+        env = {"CNI_COMMAND": "VERSION", "PYCNI_HELPER_SOCKET": str(path), "PATH": os.environ["PATH"]}
+        out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                              str(BIN / "pycni")], env=env, capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        assert out.returncode == 0 and json.loads(out.stdout)["supportedVersions"], out.stdout + out.stderr
+        helper.send_signal(signal.SIGTERM)
+        helper.wait(timeout=30)
+        assert "refused a caller with uid 65534" in helper.stderr.read()
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+        helper.wait()
+        helper.stderr.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_twenty_parallel_calls_through_the_helper_get_unique_addresses(node, helper):
+    pods = [node.pod() for _ in range(20)]
+    conf = netconf(node)
+    procs = []
+    for i, pod in enumerate(pods):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        env.update(CNI_COMMAND="ADD", CNI_CONTAINERID=f"par{i}", CNI_NETNS=f"/var/run/netns/{pod}",
+                   CNI_IFNAME="eth0", CNI_PATH=str(BIN), PYCNI_HELPER_SOCKET=str(node.tmp / "helper.sock"),
+                   PYCNI_LOG_FILE=str(node.log_file))
+        p = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)
+        p.stdin.write(json.dumps(conf).encode())
+        p.stdin.close()
+        procs.append(p)
+    outs = [json.loads(p.stdout.read()) for p in procs]
+    assert all(p.wait(timeout=120) == 0 for p in procs), outs
+    addrs = [o["ips"][0]["address"] for o in outs]
+    assert len(set(addrs)) == 20
+    assert served_by_helper(node) == 20
+
+
+def test_a_helper_in_another_mount_namespace_acts_in_the_callers(node):
+    """The helper sees a tmpfs over the data dir; the call must still write where its caller looks
+    (it runs in the caller's mount namespace), not into the helper's view."""
+    path = node.tmp / "helper.sock"
+    node.data_dir.mkdir()
+    helper = subprocess.Popen(["ip", "netns", "exec", node.name, "unshare", "--mount", "--propagation", "private",
+                               "sh", "-c", f"mount -t tmpfs helper-only {node.data_dir} && "
+                                           f"exec {BIN / 'pycni'} helper --socket {path}"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving on" in ready_line(helper, stream=helper.stderr)
+        pod = node.pod()
+        res = node.pycni("ADD", netconf(node), pod, cid="mnt")
+        assert res.rc == 0, res.out
+        assert served_by_helper(node) == 1
+        assert node.reservations("testnet") == ["10.88.0.2"]     # in our view of the data dir
+        assert node.pycni("DEL", netconf(node), pod, cid="mnt").rc == 0
+        assert node.reservations("testnet") == []
+    finally:
+        helper.kill()
+        helper.wait()
+        helper.stderr.close()
