@@ -138,7 +138,9 @@ class BridgePlugin:
         problems = _Problems(f"DEL {req.container_id}/{req.ifname}")
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
         pod = None
-        if netns.exists(req.netns):
+        # the pod is only read, for its addresses, when the firewall needs them and prevResult
+        # does not give them: its interface goes with the host veth
+        if conf.wants_firewall and not pod_ips and netns.exists(req.netns):
             try:
                 pod = apply.pod_link(req.netns, req.ifname)
             except OSError as e:
