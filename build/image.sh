@@ -43,7 +43,8 @@ if [ -e /lib64/ld-linux-x86-64.so.2 ] && [ ! -e "$ROOTFS/lib64/ld-linux-x86-64.s
   mkdir -p "$ROOTFS/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$ROOTFS/lib64/"
 fi
 STORE=build/.work/podman
-PODMAN=(podman --root "$PWD/$STORE/root" --runroot "$PWD/$STORE/run" --storage-driver vfs)
+PODMAN=(podman --root "$PWD/$STORE/root" --runroot "$PWD/$STORE/run" --tmpdir "$PWD/$STORE/tmp" \
+        --network-config-dir "$PWD/$STORE/networks" --events-backend none --storage-driver vfs)
 "${PODMAN[@]}" build --quiet -f build/Containerfile -t "$IMAGE" "$ROOTFS" >/dev/null
 rm -f dist/pycni-image.oci.tar
 "${PODMAN[@]}" save --quiet --format oci-archive -o dist/pycni-image.oci.tar "$IMAGE"

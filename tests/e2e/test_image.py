@@ -26,8 +26,12 @@ pytestmark = pytest.mark.skipif(not have("containerd", "ctr", "runc"),
 
 @pytest.fixture(scope="session")
 def image() -> Path:
-    subprocess.run(["bash", str(ROOT / "build" / "image.sh")], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # podman keeps a little state of its own in /run and /var/lib whatever its --root: the build
+    # runs in a private mount namespace with those on tmpfs, so the machine keeps nothing
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    "mount -t tmpfs pycni-build /run && mount -t tmpfs pycni-build /var/lib && "
+                    f"exec bash {ROOT / 'build' / 'image.sh'}"],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return ROOT / "dist" / "pycni-image.oci.tar"
 
 
