@@ -37,7 +37,22 @@ DEFAULT_SOCKET = "/run/pycni/helper.sock"
 HANDOVER_TIMEOUT = 1.0      # connect, send, acknowledgement: all a call can lose to a bad helper
 CALL_TIMEOUT = 110.0        # a call the helper took: below the kubelet's 2-minute request deadline
 ACK, GO = b"ACK1", b"GO01"
+NOT_MINE = b"NAK1"          # the helper is of another build: the caller runs the call itself
 CODE_TRY_AGAIN = 11
+
+
+def build_identity() -> str:
+    """Which build this process runs: pycni's version and where its code lives (for the installed
+    build, `.pycni/<version>-<digest>/` under the bin dir: a new build is a new directory)."""
+    import sys
+
+    from cni.spec.version import PYCNI
+
+    if getattr(sys, "frozen", False):
+        where = os.path.dirname(os.path.realpath(sys.executable))
+    else:
+        where = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    return f"{PYCNI} {where}"
 
 
 def socket_path(env) -> str:
@@ -131,6 +146,7 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     data = stdin.read()
     request = json.dumps({
         "plugin": plugin,
+        "build": build_identity(),
         "env": {k: v for k, v in env.items() if k.startswith(("CNI_", "PYCNI_")) or k == "PATH"},
         "stdin": data.decode("latin-1"),
     }).encode()

@@ -21,7 +21,7 @@ import struct
 import sys
 
 from cni.linux import netns
-from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, _recv_exact
+from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, NOT_MINE, _recv_exact, build_identity
 from cni.plugins import PLUGINS
 
 REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
@@ -52,8 +52,11 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(_recv_exact(conn, size)), list(fds)
 
 
-def _serve_one(conn: socket.socket) -> None:
+def _serve_one(conn: socket.socket, build: str) -> None:
     request, (caller_net, caller_mnt) = _receive(conn)
+    if request.get("build") != build:    # a caller of another build: it runs the call itself
+        conn.sendall(NOT_MINE)
+        raise ConnectionError(f"caller of another build ({request.get('build')!r}; this is {build!r})")
     me = os.pidfd_open(os.getpid())
     try:
         conn.sendmsg([ACK], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", me))])
@@ -139,28 +142,17 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
     server.listen(128)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _log(f"serving on {path} (pid {os.getpid()})")
+    build, started_as = build_identity(), _started_as()
     watching: dict[int, tuple[socket.socket, int]] = {}     # fd -> (connection, child pid)
     poller = select.poll()
     poller.register(server, select.POLLIN)
     try:
-        while True:
-            for fd, events in poller.poll(500):
-                if fd == server.fileno():
-                    _accept(server, poller, watching)
-                elif fd in watching:         # the caller hung up: its child must not go on
-                    conn, pid = watching.pop(fd)
-                    poller.unregister(fd)
-                    conn.close()
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            for pid in _reap():
-                for fd, (conn, child) in list(watching.items()):
-                    if child == pid:
-                        del watching[fd]
-                        poller.unregister(fd)
-                        conn.close()
+        _loop(server, poller, watching, build, started_as, _resolves(started_as) if started_as else "")
+    except _Upgraded:
+        _log(f"{started_as} is a new build now: re-executing")
+        upgraded = True
+    else:
+        upgraded = False
     finally:
         server.close()
         try:            # only our own socket: another helper may have replaced the file since
@@ -169,9 +161,41 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
                 os.unlink(path)
         except OSError:
             pass
+    if upgraded:        # the same pid becomes the new build; calls meanwhile run in process
+        os.execv(started_as, [started_as, "helper", "--socket", path])
+    return 0
 
 
-def _accept(server: socket.socket, poller, watching: dict) -> None:
+class _Upgraded(Exception):
+    pass
+
+
+def _loop(server: socket.socket, poller, watching: dict, build: str, started_as: str, at_start: str) -> None:
+    """Accept calls, watch their callers, reap children; raise _Upgraded when the executable the
+    helper was started as now points at another build."""
+    while True:
+        for fd, events in poller.poll(500):
+            if fd == server.fileno():
+                _accept(server, poller, watching, build)
+                if started_as and _resolves(started_as) != at_start:
+                    raise _Upgraded()
+            elif fd in watching:         # the caller hung up: its child must not go on
+                conn, pid = watching.pop(fd)
+                poller.unregister(fd)
+                conn.close()
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for pid in _reap():
+            for fd, (conn, child) in list(watching.items()):
+                if child == pid:
+                    del watching[fd]
+                    poller.unregister(fd)
+                    conn.close()
+
+
+def _accept(server: socket.socket, poller, watching: dict, build: str) -> None:
     try:
         conn, _ = server.accept()
     except BlockingIOError:
@@ -187,7 +211,7 @@ def _accept(server: socket.socket, poller, watching: dict) -> None:
         try:
             server.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _serve_one(conn)
+            _serve_one(conn, build)
         except BaseException as e:   # never let a child return into the accept loop
             code = 1
             try:
@@ -198,6 +222,21 @@ def _accept(server: socket.socket, poller, watching: dict) -> None:
             os._exit(code)
     watching[conn.fileno()] = (conn, pid)
     poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+
+
+def _started_as() -> str:
+    """The executable the helper was started as (e.g. /opt/cni/bin/pycni): `pycni install` swaps
+    what it points at. Empty for a development install (python entry point)."""
+    if not getattr(sys, "frozen", False):
+        return ""
+    return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+
+
+def _resolves(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return ""
 
 
 def _reap() -> list[int]:

@@ -63,3 +63,47 @@ def test_del_from_a_build_pruned_while_it_runs(node, artifact, tmp_path):  # noq
     assert node.reservations("testnet") == []
     assert "pycni testnet/old" not in node.sh("nft", "list", "ruleset")
     assert (bin_dir / ".pycni" / oldest).is_dir(), "a build in use was removed"
+
+
+def test_a_helper_of_an_older_build_hands_calls_back_and_becomes_the_new_build(node, artifact, tmp_path):  # noqa: F811
+    """A runtime upgrades the build while the helper runs: a caller of the new build is never served
+    by the old code (the helper answers "not mine", the call runs in process), and the helper
+    re-executes itself as the new build."""
+    bundles = [variant(artifact, tmp_path / f"b{n}", n) for n in range(2)]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    install(bundles[0], bin_dir)
+    sock = tmp_path / "helper.sock"
+    helper = subprocess.Popen([IP, "netns", "exec", node.name, str(bin_dir / "pycni"), "helper", "--socket", str(sock)],
+                              stderr=subprocess.PIPE, text=True)
+    env = {"PYCNI_HELPER_SOCKET": str(sock)}
+    try:
+        assert "serving on" in helper.stderr.readline()
+        old_build = os.path.realpath(f"/proc/{helper.pid}/exe")
+        conf = netconf(node, "1.0.0")
+        pods = [node.pod() for _ in range(3)]
+
+        def served() -> int:
+            return node.log_file.read_text().count("(helper) ADD") if node.log_file.exists() else 0
+
+        assert node.run(bin_dir / "pycni", "ADD", conf, pods[0], cid="u0", env=env).rc == 0
+        assert served() == 1
+        install(bundles[1], bin_dir)
+        add = node.run(bin_dir / "pycni", "ADD", conf, pods[1], cid="u1", env=env)
+        assert add.rc == 0, add.out
+        assert served() == 1                                 # the old helper did not serve it
+        for _ in range(100):                                 # it re-executes as the new build
+            if sock.exists() and os.path.realpath(f"/proc/{helper.pid}/exe") != old_build:
+                break
+            time.sleep(0.1)
+        assert os.path.realpath(f"/proc/{helper.pid}/exe") != old_build
+        for _ in range(100):
+            if node.run(bin_dir / "pycni", "VERSION", conf, env=env).rc == 0 and sock.exists():
+                break
+            time.sleep(0.1)
+        assert node.run(bin_dir / "pycni", "ADD", conf, pods[2], cid="u2", env=env).rc == 0
+        assert served() == 2                                 # the new helper serves again
+    finally:
+        helper.kill()
+        helper.wait()
+        helper.stderr.close()
