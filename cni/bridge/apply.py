@@ -238,20 +238,21 @@ def wait_port_up(ipr: Any, index: int, timeout: float = 2.0) -> None:
 # ---------------------------------------------------------------- DEL / GC
 
 
-def pod_link(path: str, ifname: str) -> tuple[Any, Any, list[IPInterface]] | None:
-    """(netlink socket in the pod namespace, link message, addresses) of `ifname`, or None.
-    The caller closes the socket."""
-    with netns.entered(path):
-        ipr = open_rtnl()
+def pod_addresses(path: str, ifname: str) -> list[IPInterface]:
+    """The addresses of `ifname` in the pod namespace at `path`; [] when the interface or the
+    namespace is gone."""
+    try:
+        with netns.entered(path):
+            ipr = open_rtnl()
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOENT):     # not a namespace any more: gone
+            return []
+        raise
     try:
         msg = lookup(ipr, ifname)
-        if msg is None:
-            ipr.close()
-            return None
-        return ipr, msg, addresses_of(ipr, msg["index"])
-    except BaseException:
+        return addresses_of(ipr, msg["index"]) if msg is not None else []
+    finally:
         ipr.close()
-        raise
 
 
 def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str]]:

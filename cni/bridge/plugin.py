@@ -9,7 +9,6 @@ Rule: handlers take a `skel.Request` and return a `Result` or None; they never p
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from typing import Any, Callable
 
@@ -33,14 +32,13 @@ def _undo(fn: Callable, *args: Any) -> None:
 
 
 def _open_pod_netns(path: str) -> tuple[Any, int]:
+    fd = -1
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise InvalidEnvironment("invalid CNI_NETNS", f"{path} is not a network namespace: {e.strerror}") from None
-    try:
         return links.open_rtnl_in(path), fd
     except BaseException as e:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         if isinstance(e, OSError):
             raise InvalidEnvironment("invalid CNI_NETNS",
                                      f"{path} is not a network namespace: {e.strerror}") from None
@@ -137,27 +135,17 @@ class BridgePlugin:
         conf = config.parse_for_delete(req.config, req.args)
         problems = _Problems(f"DEL {req.container_id}/{req.ifname}")
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
-        pod = None
         # the pod is only read, for its addresses, when the firewall needs them and prevResult
         # does not give them: its interface goes with the host veth
         if conf.wants_firewall and not pod_ips and netns.exists(req.netns):
-            try:
-                pod = apply.pod_link(req.netns, req.ifname)
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOENT):  # not a namespace any more: gone
-                    problems.seen.append(("look at the pod interface", e))
-            except Exception as e:
-                problems.seen.append(("look at the pod interface", e))
-        if pod is not None and not pod_ips:
-            pod_ips = [a for a in pod[2] if not a.ip.is_link_local]
+            found = problems.run("look at the pod interface", apply.pod_addresses, req.netns, req.ifname)
+            pod_ips = [a for a in found or () if not a.ip.is_link_local]
         finish_firewall = None
         if conf.wants_firewall:   # started now: the kernel's commit overlaps the link deletion
             from cni.firewall import rules as firewall
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
-        if pod is not None:
-            pod[0].close()      # read only: the pod end goes with the host veth, if that is ours
         problems.run("delete the host veth", _delete_host_veth, conf, req)
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)

@@ -98,10 +98,3 @@ def alias_attachment_hash(alias: str, network: str) -> str | None:
     if len(parts) == 3 and parts[0] == "pycni" and parts[1] == sha256_hex(network)[:8]:
         return parts[2]
     return None
-
-
-def parse_attachment_alias(alias: str) -> tuple[str, str, str] | None:
-    parts = alias.split("/")
-    if len(parts) != 4 or parts[0] != "pycni":
-        return None
-    return parts[1], parts[2], parts[3]

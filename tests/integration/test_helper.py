@@ -19,16 +19,12 @@ from .test_bridge import ping
 
 @pytest.fixture
 def helper(node):
-    path = node.tmp / "helper.sock"
-    proc = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket", str(path)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_helper(node, node.tmp / "helper.sock")
     try:
         assert "serving on" in ready_line(proc, stream=proc.stderr)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 def served_by_helper(node) -> int:
@@ -109,6 +105,14 @@ def test_helper_child_killed_mid_add(node, helper, tmp_path):
     assert helper.poll() is None
 
 
+def stop(proc) -> None:
+    """Kill a helper this test started (if it still runs) and close its stderr pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    proc.stderr.close()
+
+
 def start_helper(node, path):
     return subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket", str(path)],
                             stderr=subprocess.PIPE, text=True)
@@ -121,10 +125,7 @@ def test_a_second_helper_refuses_while_one_answers(node, helper):
         assert second.wait(timeout=30) != 0
         assert "another helper is serving" in second.stderr.read()
     finally:
-        if second.poll() is None:
-            second.kill()
-        second.wait()
-        second.stderr.close()
+        stop(second)
     pod = node.pod()
     assert node.pycni("ADD", netconf(node), pod, cid="one").rc == 0
     assert served_by_helper(node) == 1          # the first still serves, on its own socket
@@ -143,9 +144,7 @@ def test_a_helper_removes_only_its_own_socket(node, helper):
         assert node.pycni("ADD", netconf(node), pod, cid="two").rc == 0
         assert served_by_helper(node) == 1
     finally:
-        second.kill()
-        second.wait()
-        second.stderr.close()
+        stop(second)
 
 
 def test_a_stopped_helper_costs_a_second_and_never_runs_the_call_later(node, helper):
@@ -202,10 +201,7 @@ def test_only_root_may_call_the_helper(node):
         helper.wait(timeout=30)
         assert "refused a caller with uid 65534" in helper.stderr.read()
     finally:
-        if helper.poll() is None:
-            helper.kill()
-        helper.wait()
-        helper.stderr.close()
+        stop(helper)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -249,6 +245,4 @@ def test_a_helper_in_another_mount_namespace_acts_in_the_callers(node):
         assert node.pycni("DEL", netconf(node), pod, cid="mnt").rc == 0
         assert node.reservations("testnet") == []
     finally:
-        helper.kill()
-        helper.wait()
-        helper.stderr.close()
+        stop(helper)

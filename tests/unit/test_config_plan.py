@@ -63,8 +63,8 @@ def test_host_veth_name_is_stable_and_short():
     assert a == names.host_veth_name("net1", "c1", "eth0") != names.host_veth_name("net1", "c1", "eth1")
     assert len(a) == 15 and a.startswith("veth")
     alias = names.attachment_alias("net1", "c1", "eth0")
-    assert names.parse_attachment_alias(alias) == ("net1", "c1", "eth0")
-    assert names.parse_attachment_alias("something else") is None
+    assert names.alias_attachment_hash(alias, "net1") == names.attachment_hash("net1", "c1", "eth0")
+    assert names.alias_attachment_hash("something else", "net1") is None
 
 
 def test_plan_for_default_gateway_dual_stack():
