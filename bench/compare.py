@@ -242,7 +242,9 @@ def run_all(args) -> None:
     for label, unit, ours, ref, extra in rows:
         ratio = ours / ref if ref else float("nan")
         print(f"| {label} | {ours:.1f} {unit} | {ref:.1f} {unit} | {ratio:.2f} | {extra} |")
-    kind = "the self-contained build (PyInstaller)" if (BIN / "_internal").is_dir() else "a Python venv install"
+    exe = (BIN / "pycni").resolve()          # `pycni install` links the names into .pycni/<build>/
+    kind = ("the self-contained build (PyInstaller)" + (", laid out by `pycni install`" if exe.parent != BIN else "")
+            if (exe.parent / "_internal").is_dir() else "a Python venv install")
     print(f"pycni executables: {kind}")
 
 
