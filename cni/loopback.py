@@ -13,7 +13,7 @@ from cni.linux import links
 from cni.linux import netns
 from cni.spec.errors import CNIError, InvalidEnvironment
 from cni.spec.result import Interface, IPConfig, Result
-from cni.spec.skel import Request
+from cni.spec.request import Request
 
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 from cni.spec import result
 from cni.spec.errors import CNIError, DecodeFailure
 from cni.spec.result import IPAddress, Result
-from cni.spec.skel import Request
+from cni.spec.request import Request
 
 if TYPE_CHECKING:     # the bridge plugin's config; ipam/ does not import the plugin
     from cni.bridge.config import NetConf

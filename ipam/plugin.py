@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from cni.spec.errors import InvalidConfig
 from cni.spec.result import Result, parse as parse_result
-from cni.spec.skel import Request, valid_attachments
+from cni.spec.request import Request, valid_attachments
 
 from ipam import config, service
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cluster-cidr", action="append", default=[],
                    help="the cluster's pod subnet(s), e.g. kind's podSubnet (repeatable or comma-separated)")
     p.add_argument("--no-masquerade", action="store_true")
+    p.add_argument("--helper", nargs="?", const="/run/pycni/helper.sock", metavar="SOCKET",
+                   help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
+                        "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
+                        "restarts it if it exits. With --nodes-file the agent then stays until stopped")
 
 
 class Syncer:
@@ -70,15 +76,36 @@ def run(args) -> int:
     conf_dir = Path(args.conf_dir)
 
     on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name))
+    helper = _host_helper(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
+    try:
+        if args.nodes_file:
+            with open(args.nodes_file, encoding="utf-8") as f:
+                on_change(parse_node_list(json.load(f)))
+            if helper is not None:
+                signal.pause()      # a one-shot sync that hosts the helper: until stopped
+            return 0
+        from cni.agent.watch import follow
 
-    if args.nodes_file:
-        with open(args.nodes_file, encoding="utf-8") as f:
-            on_change(parse_node_list(json.load(f)))
+        follow(on_change, args.kubeconfig)
         return 0
-    from cni.agent.watch import follow
+    finally:
+        if helper is not None:
+            helper.stop()
 
-    follow(on_change, args.kubeconfig)
-    return 0
+
+def _host_helper(args):
+    if not args.helper:
+        return None
+    from cni.agent.helper_host import HelperHost
+
+    exe = Path(args.bin_dir) / "pycni"
+    if not exe.exists():
+        print(f"agent: no {exe}: the helper is not started (calls run in process)", flush=True)
+        return None
+    helper = HelperHost(exe, args.helper)
+    helper.start()
+    return helper
 
 
 def _install(args) -> None:

@@ -11,7 +11,7 @@ from cni.spec import names
 from cni.bridge.config import NetConf
 from cni.spec.errors import CNIError
 from cni.spec.result import Result
-from cni.spec.skel import Request
+from cni.spec.request import Request
 
 
 def _fail(what: str, details: str) -> CNIError:

@@ -3,7 +3,7 @@
     parse config -> reserve addresses (IPAM) -> plan -> apply, pushing an undo for each thing
     made -> on success drop the undos and return the result; on any error the undos run.
 
-Rule: handlers take a `skel.Request` and return a `Result` or None; they never print or exit.
+Rule: handlers take a `request.Request` and return a `Result` or None; they never print or exit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cni.spec.errors import CNIError, InvalidConfig, InvalidEnvironment
 from cni.spec.log import log
 from cni.bridge.plan import final_dns, plan_add, result_routes
 from cni.spec.result import Interface, IPConfig, Result
-from cni.spec.skel import Request, valid_attachments
+from cni.spec.request import Request, valid_attachments
 
 
 def _undo(fn: Callable, *args: Any) -> None:

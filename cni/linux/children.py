@@ -17,13 +17,15 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before any fork
 
 
-def die_with(parent: int) -> None:
-    """In a forked child: be SIGKILLed when `parent` dies; exit now if it already has."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with(parent: int, sig: int = signal.SIGKILL) -> None:
+    """In a forked child: get `sig` when `parent` dies (SIGKILL unless told); exit now if it
+    already has. The kernel ties this to the parent *thread* that forked: fork from a thread that
+    lives as long as the child should."""
+    _prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
 
-def tied_to_me():
+def tied_to_me(sig: int = signal.SIGKILL):
     """A `preexec_fn` for subprocess: the program runs only as long as this process lives."""
-    return functools.partial(die_with, os.getpid())
+    return functools.partial(die_with, os.getpid(), sig)

@@ -12,7 +12,7 @@ from cni.bridge.config import parse_prev_result
 from cni.spec.errors import InvalidConfig
 from cni.portmap.options import parse_mappings, parse_options
 from cni.spec.result import Result
-from cni.spec.skel import Request, valid_attachments
+from cni.spec.request import Request, valid_attachments
 
 
 def _pod_ips(prev: Result, req: Request) -> tuple:

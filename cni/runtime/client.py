@@ -21,15 +21,16 @@ The hand-over, so that a call is carried out exactly once whatever the helper do
   up); ADD then answers code 11 (the runtime DELs and retries), the other verbs, which are
   idempotent, run again in process. The helper also kills a child whose caller went away.
 
-Rule: this module imports only the standard library's cheapest modules.
+Rule: this module imports only modules that cost nothing to import: the interpreter's C modules
+(`_socket`, not `socket`, which pulls in `enum` and `selectors`; `marshal`, not `json`, for the
+messages, which only ever travel between two processes of the same build, root's alone).
 """
 
 from __future__ import annotations
 
-import json
+import _socket
+import marshal
 import os
-import socket
-import stat
 import struct
 import time
 
@@ -59,7 +60,10 @@ def socket_path(env) -> str:
     return env.get("PYCNI_HELPER_SOCKET") or DEFAULT_SOCKET
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+S_IFSOCK, S_IFMT = 0o140000, 0o170000
+
+
+def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -88,7 +92,7 @@ def _kill(pidfd: int | None) -> None:
         pass                    # already gone
 
 
-def _hand_over(sock: socket.socket, path: str, request: bytes) -> int:
+def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
     """Connect, send, wait for the acknowledgement, commit with GO; the child's pidfd. Raises on
     anything that goes wrong before GO is sent (then the helper will never run the call)."""
     deadline = time.monotonic() + HANDOVER_TIMEOUT
@@ -108,7 +112,7 @@ def _hand_over(sock: socket.socket, path: str, request: bytes) -> int:
         try:
             sock.settimeout(left())
             sock.sendmsg([struct.pack("!I", len(request))],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", netns, mntns))])
+                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("2i", netns, mntns))])
         finally:
             os.close(mntns)
     finally:
@@ -116,9 +120,9 @@ def _hand_over(sock: socket.socket, path: str, request: bytes) -> int:
     sock.settimeout(left())
     sock.sendall(request)
     sock.settimeout(left())
-    msg, anc, _, _ = sock.recvmsg(len(ACK), socket.CMSG_SPACE(4))
+    msg, anc, _, _ = sock.recvmsg(len(ACK), _socket.CMSG_SPACE(4))
     fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
-           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4]
+           if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4]
     if msg != ACK or len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -139,18 +143,18 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         return None
     path = socket_path(env)
     try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        if os.lstat(path).st_mode & S_IFMT != S_IFSOCK:
             return None         # no helper, or something else in its place
     except OSError:
         return None
     data = stdin.read()
-    request = json.dumps({
+    request = marshal.dumps({
         "plugin": plugin,
         "build": build_identity(),
         "env": {k: v for k, v in env.items() if k.startswith(("CNI_", "PYCNI_")) or k == "PATH"},
-        "stdin": data.decode("latin-1"),
-    }).encode()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        "stdin": data,
+    })
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         pidfd = _hand_over(sock, path, request)
     except (OSError, ConnectionError, ValueError):
@@ -159,19 +163,22 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     try:                        # from here on the call is the helper's
         sock.settimeout(CALL_TIMEOUT)
         size = struct.unpack("!I", _recv_exact(sock, 4))[0]
-        reply = json.loads(_recv_exact(sock, size))
-    except (OSError, ConnectionError, ValueError) as e:
+        reply = marshal.loads(_recv_exact(sock, size))
+        rc, text = int(reply["rc"]), str(reply["stdout"])
+    except (OSError, ConnectionError, ValueError, EOFError, TypeError, KeyError) as e:
         _kill(pidfd)            # it may not go on after we give up
         if env.get("CNI_COMMAND", "") != "ADD":
             return _in_process(plugin, env, data, stdout)   # DEL, CHECK, STATUS, GC: idempotent
         out = {"cniVersion": "1.1.0", "code": CODE_TRY_AGAIN,
                "msg": "pycni helper failed during the call", "details": str(e) or type(e).__name__}
-        stdout.write(json.dumps(out) + "\n")
+        from cni.spec import jsonio
+
+        stdout.write(jsonio.dumps(out) + "\n")
         stdout.flush()
         return 1
     finally:
         sock.close()
         os.close(pidfd)
-    stdout.write(reply.get("stdout", ""))
+    stdout.write(text)
     stdout.flush()
-    return int(reply.get("rc", 1))
+    return rc

@@ -18,11 +18,12 @@ def use_host_libraries() -> None:
 
 
 def _serve(name: str) -> int:
-    from cni.runtime.client import forward
+    if os.environ["CNI_COMMAND"] != "VERSION":      # VERSION costs less here than a hand-over
+        from cni.runtime.client import forward
 
-    rc = forward(name, os.environ, sys.stdin.buffer, sys.stdout)
-    if rc is not None:
-        return rc
+        rc = forward(name, os.environ, sys.stdin.buffer, sys.stdout)
+        if rc is not None:
+            return rc
     from cni.plugins import run
 
     return run(name, os.environ, sys.stdin.buffer, sys.stdout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import array
 import io
-import json
+import marshal
 import os
 import select
 import signal
@@ -49,7 +49,10 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
             os.close(fd)
         raise ConnectionError("malformed request")
     size = struct.unpack("!I", msg if len(msg) == 4 else msg + _recv_exact(conn, 4 - len(msg)))[0]
-    return json.loads(_recv_exact(conn, size)), list(fds)
+    request = marshal.loads(_recv_exact(conn, size))    # from root only (SO_PEERCRED)
+    if not isinstance(request, dict):
+        raise ValueError("malformed request")
+    return request, list(fds)
 
 
 def _serve_one(conn: socket.socket, build: str) -> None:
@@ -80,8 +83,8 @@ def _serve_one(conn: socket.socket, build: str) -> None:
     log.configure(path=env.get("PYCNI_LOG_FILE", log.path))
     out = io.StringIO()
     name = request.get("plugin") if request.get("plugin") in PLUGINS else "pycni"
-    rc = plugins.run(name, env, io.BytesIO(request["stdin"].encode("latin-1")), out, about=f"{name}(helper)")
-    reply = json.dumps({"rc": rc, "stdout": out.getvalue()}).encode()
+    rc = plugins.run(name, env, io.BytesIO(request["stdin"]), out, about=f"{name}(helper)")
+    reply = marshal.dumps({"rc": rc, "stdout": out.getvalue()})
     conn.sendall(struct.pack("!I", len(reply)) + reply)
 
 

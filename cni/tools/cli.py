@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 from cni.spec.version import PYCNI
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--conf-name", help="file name in --conf-dir (default: the conflist's own name)")
     ins.add_argument("--from", dest="source", metavar="DIR",
                      help="the build to install (default: the one this pycni runs from)")
+    ins.add_argument("--helper", nargs="?", const="/etc/systemd/system", metavar="UNIT_DIR",
+                     dest="helper_unit_dir",
+                     help="also install the resident helper as a systemd unit (pycni-helper.service, "
+                          "in UNIT_DIR, default /etc/systemd/system) and enable it where systemd runs")
+    ins.add_argument("--helper-socket", default="/run/pycni/helper.sock")
     ag = sub.add_parser("agent", help="node agent of a Kubernetes cluster (the DaemonSet's process)")
     from cni.agent.main import add_arguments
 
@@ -69,13 +75,14 @@ def main(argv: list[str]) -> int:
         from cni.tools.install import main as install
 
         try:
-            for line in install(args.bin_dir, args.conf_dir, args.conflist, args.source, args.conf_name):
+            for line in install(args.bin_dir, args.conf_dir, args.conflist, args.source, args.conf_name,
+                                args.helper_unit_dir, args.helper_socket):
                 print(f"installed {line}")
             return 0
         except CNIError as e:
             print(f"pycni install: {e.msg}" + (f": {e.details}" if e.details else ""), file=sys.stderr)
             return 1
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:
             print(f"pycni install: {e}", file=sys.stderr)
             return 1
     if args.cmd != "exec":

@@ -239,8 +239,56 @@ def install_conflist(conf: Mapping[str, Any], conf_dir: Path, filename: str) -> 
     return final
 
 
+HELPER_UNIT = "pycni-helper.service"
+
+
+def helper_unit(bin_dir: Path, socket: str) -> str:
+    """The systemd unit of the resident helper for a hand-made node. The helper is started as the
+    bin dir's `pycni`, the name runtimes execute: it then serves exactly the installed build, and
+    re-executes itself when a later `pycni install` switches that name to a new build."""
+    return f"""[Unit]
+Description=pycni resident helper (faster pod starts; CNI calls run in process without it)
+After=local-fs.target
+Before=containerd.service crio.service
+
+[Service]
+ExecStart={bin_dir / EXE} helper --socket {socket}
+Restart=always
+RestartSec=1
+# a stop or restart signals the helper only: calls it is serving finish in their own processes
+KillMode=process
+# pod starts must never wait for it: out of memory, it goes first
+OOMScoreAdjust=500
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def install_helper_unit(bin_dir: Path, unit_dir: Path, socket: str) -> list[str]:
+    """Write the unit (atomically) and, where systemd runs, enable and (re)start it."""
+    import subprocess
+
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    path = unit_dir / HELPER_UNIT
+    tmp = unit_dir / f".{HELPER_UNIT}.{os.getpid()}"
+    tmp.write_text(helper_unit(bin_dir, socket))
+    os.replace(tmp, path)
+    done = [str(path)]
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+        for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", HELPER_UNIT],
+                    ["systemctl", "restart", HELPER_UNIT]):
+            subprocess.run(cmd, check=True, timeout=60)
+        done.append(f"{HELPER_UNIT} enabled and started")
+    else:
+        done.append(f"{HELPER_UNIT} not enabled: systemd is not running here "
+                    f"(start `{bin_dir / EXE} helper --socket {socket}` as the node's init does)")
+    return done
+
+
 def main(bin_dir: str, conf_dir: str, conflist: str | None, source: str | None,
-         conf_name: str | None) -> list[str]:
+         conf_name: str | None, helper_unit_dir: str | None = None,
+         helper_socket: str = "/run/pycni/helper.sock") -> list[str]:
     """The `pycni install` command; returns what it did, one line per installed file."""
     bundle = Path(source) if source else running_bundle()
     if bundle is None:
@@ -260,4 +308,6 @@ def main(bin_dir: str, conf_dir: str, conflist: str | None, source: str | None,
         done.append(f"kept {Path(bin_dir) / LOOPBACK}: it is another vendor's loopback plugin")
     if conf is not None:
         done.append(str(install_conflist(conf, Path(conf_dir), conflist_filename(conflist, conf_name))))
+    if helper_unit_dir:
+        done += install_helper_unit(Path(bin_dir).absolute(), Path(helper_unit_dir), helper_socket)
     return done

@@ -2,11 +2,15 @@
 network (the node namespace), NET_ADMIN + NET_RAW, the node's /opt/cni/bin, /etc/cni/net.d and
 /run/pycni mounted. Its agent, fed Node objects in the API's JSON, installs the plugin on the
 "host", writes the conflist, routes the other node's pod CIDR and sets up masquerade; the plugin
-it installed then adds a pod with that conflist. No Python in the image."""
+it installed then adds a pod with that conflist. Run as the DaemonSet runs it (--helper), the agent
+also hosts the resident helper, which serves the node's calls and is restarted when it dies. No
+Python in the image."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from tests.integration.conftest import node  # noqa: F401  (fixture)
 from cni.spec.version import PYCNI
 from tests.k8s_nodes import node_list, node_object
 
-from .conftest import ROOT, Sandbox, have, wait_for
+from .conftest import ROOT, Sandbox, have, pids_with, wait_for
 
 IMAGE = f"localhost/pycni:{PYCNI}"
 
@@ -89,3 +93,97 @@ def test_daemonset_image_configures_the_node(node, tmp_path, image):
     assert add.rc == 0, add.out
     assert add.out["ips"][0]["address"].startswith("10.244.0.")
     assert node.run(exe, "DEL", conf, pod, cid="pod1").rc == 0
+
+
+def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, image):
+    """manifests/pycni.yaml's container: the bin dir mounted at the node's own path, the agent run
+    with --helper, SYS_ADMIN + SYS_CHROOT (the helper's child enters the caller's namespaces). A
+    pod added on the node is served by that helper; a helper that dies is started again."""
+    bin_dir, conf_dir, run_dir, data = (tmp_path / d for d in ("opt-cni-bin", "etc-cni-net.d", "run-pycni", "data"))
+    for d in (bin_dir, conf_dir, run_dir, data):
+        d.mkdir()
+    (data / "nodes.json").write_text(json.dumps(node_list(node_object("node-a", ["10.244.0.0/24"], ["172.31.0.2"]))))
+    sock = tmp_path / "containerd.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
+                      f'[grpc]\n  address = "{sock}"\n')
+    box = Sandbox(node.name, ["containerd", "--config", str(config)], {}, tmp_path / "containerd.log")
+    agent_log = tmp_path / "agent.out"
+    ctr = ["ctr", "-a", str(sock), "-n", "pycni-e2e"]
+    try:
+        wait_for(sock.exists, what="containerd's socket")
+        box.enter(*ctr, "images", "import", str(image))
+        mounts = []
+        for src, dst in ((bin_dir, bin_dir), (conf_dir, "/host/etc/cni/net.d"), (run_dir, "/run/pycni"),
+                         (data, "/data")):
+            mounts += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:rw"]
+        caps = [a for c in ("NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_CHROOT") for a in ("--cap-add", f"CAP_{c}")]
+        box.enter(*ctr, "run", "-d", "--log-uri", f"file://{agent_log}", "--net-host", *caps, *mounts,
+                  "--env", "NODE_NAME=node-a", IMAGE, "agent", "/opt/pycni/agent/pycni-agent",
+                  "--from=/opt/pycni/plugin", f"--bin-dir={bin_dir}", "--conf-dir=/host/etc/cni/net.d",
+                  f"--data-dir={run_dir / 'ipam'}", "--cluster-cidr=10.244.0.0/16",
+                  "--nodes-file=/data/nodes.json", "--helper=/run/pycni/helper.sock")
+        helper_sock = run_dir / "helper.sock"
+        wait_for(lambda: helper_sock.exists() and "helper started" in agent_log.read_text(),
+                 what="the agent's helper")
+
+        conflist = json.loads((conf_dir / "10-pycni.conflist").read_text())
+        conf = {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+        log = tmp_path / "plugin.log"
+        env = {"PYCNI_HELPER_SOCKET": str(helper_sock), "PYCNI_LOG_FILE": str(log)}
+        conf["logFile"], conf["logLevel"] = str(log), "debug"
+        pod = node.pod()
+        add = node.run(bin_dir / "pycni", "ADD", conf, pod, cid="pod1", env=env)
+        assert add.rc == 0, add.out
+        assert add.out["ips"][0]["address"].startswith("10.244.0.")
+        assert "pycni(helper) ADD" in log.read_text()       # served by the helper, not in process
+        assert "10.244.0." in subprocess.run(["ip", "netns", "exec", pod, "ip", "-4", "addr", "show", "eth0"],
+                                             capture_output=True, text=True).stdout
+
+        # the helper dies: the agent starts another, which serves the DEL
+        first = [p for p in pids_with(str(bin_dir)) if _is_helper(p)]
+        assert first, "no helper process found"
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: agent_log.read_text().count("helper started") >= 2, what="the helper's restart")
+        wait_for(lambda: _answers(helper_sock), what="the new helper's socket")
+        assert node.run(bin_dir / "pycni", "DEL", conf, pod, cid="pod1", env=env).rc == 0
+        assert log.read_text().count("pycni(helper) DEL pod1/eth0 deleted") == 1
+        assert not [f for f in (run_dir / "ipam").rglob("*") if f.is_file() and "pod1" in f.read_text()]
+    finally:
+        box.enter(*ctr, "task", "kill", "-s", "SIGTERM", "agent", check=False)
+        try:
+            wait_for(lambda: "STOPPED" in box.enter(*ctr, "task", "ls", check=False).stdout
+                     or "agent" not in box.enter(*ctr, "task", "ls", check=False).stdout,
+                     timeout=20, what="the agent to stop")
+        finally:
+            box.enter(*ctr, "task", "delete", "-f", "agent", check=False)
+            box.enter(*ctr, "container", "delete", "agent", check=False)
+            box.stop()
+            for pid in pids_with(str(sock)) + pids_with(str(bin_dir)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    assert not (run_dir / "helper.sock").exists()         # the helper stopped with the agent, cleanly
+
+
+def _is_helper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[1:2] == [b"helper"]
+    except OSError:
+        return False
+
+
+def _answers(path) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

@@ -155,3 +155,22 @@ def test_conflist_filename():
     assert install.conflist_filename("/x/a.yaml", "99-b.conflist") == "99-b.conflist"
     with pytest.raises(InvalidConfig):
         install.conflist_filename("/x/.hidden")
+
+
+def test_helper_unit_for_a_hand_made_node(tmp_path, monkeypatch):
+    """`pycni install --helper`: the unit starts the bin dir's own `pycni helper` (the installed
+    build, re-executed after an upgrade), is valid for systemd, and is only enabled where systemd
+    runs (not here)."""
+    isdir = os.path.isdir
+    monkeypatch.setattr(install.os.path, "isdir", lambda p: p != "/run/systemd/system" and isdir(p))
+    b = fake_build(tmp_path, "one")
+    bin_dir, units = tmp_path / "bin", tmp_path / "units"
+    done = install.main(str(bin_dir), str(tmp_path / "conf"), None, str(b), None, str(units), "/run/pycni-x/h.sock")
+    unit = (units / install.HELPER_UNIT).read_text()
+    assert f"ExecStart={bin_dir}/pycni helper --socket /run/pycni-x/h.sock\n" in unit
+    assert "Restart=always\n" in unit and "KillMode=process\n" in unit and "WantedBy=multi-user.target" in unit
+    assert done[-1].startswith(f"{install.HELPER_UNIT} not enabled: systemd is not running here")
+    assert [p.name for p in units.iterdir()] == [install.HELPER_UNIT]       # no temporary left
+    verify = subprocess.run(["systemd-analyze", "verify", str(units / install.HELPER_UNIT)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip() and not verify.stdout.strip(), verify.stderr

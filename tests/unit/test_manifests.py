@@ -116,6 +116,7 @@ def test_daemonset_contract():
     (agent,) = pod["containers"]
     caps = agent["securityContext"]["capabilities"]["add"]
     assert {"NET_ADMIN", "NET_RAW"} <= set(caps)
+    assert {"SYS_ADMIN", "SYS_CHROOT"} <= set(caps)          # the helper's setns into the caller's
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     host = {volumes[m["name"]]: path for path, m in mounts.items()}
@@ -124,6 +125,12 @@ def test_daemonset_contract():
     args = dict(a.removeprefix("--").split("=", 1) for a in agent["args"])
     assert args["bin-dir"] == host["/opt/cni/bin"] and args["conf-dir"] == host["/etc/cni/net.d"]
     assert args["data-dir"].startswith(host["/run/pycni"])           # IPAM data on the node's tmpfs
+    # the helper runs the installed build at the node's own path (same build identity, same files
+    # after its child enters the caller's mount namespace) and listens where the node's plugin looks
+    assert host["/opt/cni/bin"] == "/opt/cni/bin"
+    from cni.runtime.client import DEFAULT_SOCKET
+
+    assert args["helper"] == DEFAULT_SOCKET and DEFAULT_SOCKET.startswith(host["/run/pycni"] + "/")
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     # the agent's command line parses

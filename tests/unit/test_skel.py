@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cni.spec import skel
+from cni.spec import request, skel
 from cni.spec.errors import InvalidConfig
 from cni.spec.result import Result
 
@@ -140,20 +140,20 @@ def test_add_prints_result_in_config_version():
 
 
 def test_parse_cni_args():
-    assert skel.parse_cni_args("IgnoreUnknown=true;IP=10.0.0.2;X=1") == {
+    assert request.parse_cni_args("IgnoreUnknown=true;IP=10.0.0.2;X=1") == {
         "IgnoreUnknown": "true", "IP": "10.0.0.2", "X": "1"}
-    assert skel.parse_cni_args("") == {}
+    assert request.parse_cni_args("") == {}
     with pytest.raises(Exception):
-        skel.parse_cni_args("A=1=2;IgnoreUnknown=1")
+        request.parse_cni_args("A=1=2;IgnoreUnknown=1")
 
 
 def test_valid_attachments():
     conf = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}
-    assert skel.valid_attachments(conf) == {("a", "eth0")}
-    assert skel.valid_attachments({"cni.dev/attachments": [{"containerID": "b", "ifname": "e"}]}) == {("b", "e")}
-    assert skel.valid_attachments({}) == set()
+    assert request.valid_attachments(conf) == {("a", "eth0")}
+    assert request.valid_attachments({"cni.dev/attachments": [{"containerID": "b", "ifname": "e"}]}) == {("b", "e")}
+    assert request.valid_attachments({}) == set()
     with pytest.raises(InvalidConfig):
-        skel.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
+        request.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
 
 
 def test_log_file_with_nul_byte_is_not_a_crash():
