@@ -131,15 +131,16 @@ def run_all(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="pycni-compare-"))
     nets = netlists(work)
     helper = None
+    sock = work / "helper.sock"        # also where the calls' attachment locks go (work/calls/)
     if args.helper:
-        sock = work / "helper.sock"
+        # as pycni-helper.service (`pycni install --helper`) and the DaemonSet's agent start it:
+        # the bin dir's own pycni, `helper --socket S`
         helper = subprocess.Popen([str(BIN / "pycni"), "helper", "--socket", str(sock)], stderr=subprocess.PIPE,
                                   text=True)
         helper.stderr.readline()
-        nets = {"pycni": {**nets["pycni"], "_env": {"PYCNI_HELPER_SOCKET": str(sock)}},
-                "reference": nets["reference"]}
+        nets["pycni"]["_env"] = {"PYCNI_HELPER_SOCKET": str(sock)}
     else:
-        nets["pycni"]["_env"] = {"PYCNI_HELPER": "0"}
+        nets["pycni"]["_env"] = {"PYCNI_HELPER": "0", "PYCNI_HELPER_SOCKET": str(sock)}
     pods = Pods(args.prefix)
     rows: list[tuple[str, str, float, float, str]] = []   # label, unit, ours, ref, extra
     stats = {}
@@ -258,7 +259,8 @@ def floor(netlist: dict, pods: Pods, rounds: int) -> tuple[float, float]:
     adds, dels = [], []
     for r in range(rounds):
         i = 9500 + r
-        env = {"CNI_CONTAINERID": f"f{i}", "CNI_NETNS": pods.path(i), "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN)}
+        env = {"CNI_CONTAINERID": f"f{i}", "CNI_NETNS": pods.path(i), "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN),
+               **netlist["_env"]}
         caps = {"portMappings": [{"hostPort": 30000 + r, "containerPort": 80, "protocol": "tcp"}]}
         stdin = plugin_config(netlist, plugin, caps)
         for cmd, acc in (("ADD", adds), ("DEL", dels)):

@@ -181,6 +181,9 @@ class BridgePlugin:
         hostcheck.require(problems)
         if conf.ipam_type:
             ipam_client.status(conf, req)
+        from cni.runtime.client import helper_state
+
+        log.info(f"ready; helper {helper_state(req.env)}")
 
     def gc(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)

@@ -39,6 +39,9 @@ HANDOVER_TIMEOUT = 1.0      # connect, send, acknowledgement: all a call can los
 CALL_TIMEOUT = 110.0        # a call the helper took: below the kubelet's 2-minute request deadline
 ACK, GO = b"ACK1", b"GO01"
 NOT_MINE = b"NAK1"          # the helper is of another build: the caller runs the call itself
+INFO = b"INF1"              # the answer to a probe (STATUS): the helper's pid
+served_by_helper = 0        # in a helper's child: the helper's pid (this call is the helper's)
+not_taken = ""              # why the helper did not take this call, when it did not
 CODE_TRY_AGAIN = 11
 
 
@@ -96,7 +99,28 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
     """Connect, send, wait for the acknowledgement, commit with GO; the child's pidfd. Raises on
     anything that goes wrong before GO is sent (then the helper will never run the call)."""
     deadline = time.monotonic() + HANDOVER_TIMEOUT
+    _send_request(sock, path, request, deadline)
+    msg, anc, _, _ = sock.recvmsg(len(ACK), _socket.CMSG_SPACE(4))
+    fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
+           if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4]
+    if msg != ACK or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError("the helper is of another build" if msg == NOT_MINE
+                              else "the helper did not acknowledge the call")
+    try:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the helper did not take the call in time")
+        sock.settimeout(remaining)
+        sock.sendall(GO)
+    except BaseException:
+        os.close(fds[0])
+        raise
+    return fds[0]
 
+
+def _send_request(sock: _socket.socket, path: str, request: bytes, deadline: float) -> None:
     def left() -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -120,33 +144,54 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
     sock.settimeout(left())
     sock.sendall(request)
     sock.settimeout(left())
-    msg, anc, _, _ = sock.recvmsg(len(ACK), _socket.CMSG_SPACE(4))
-    fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
-           if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4]
-    if msg != ACK or len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
-        raise ConnectionError("the helper did not acknowledge the call")
+
+
+def _is_socket(path: str) -> bool:
     try:
-        sock.settimeout(left())
-        sock.sendall(GO)
-    except BaseException:
-        os.close(fds[0])
-        raise
-    return fds[0]
+        return os.lstat(path).st_mode & S_IFMT == S_IFSOCK
+    except OSError:
+        return False
+
+
+def helper_state(env) -> str:
+    """Whether calls go through a helper, in one line (STATUS logs it, `pycni exec status` prints
+    it). Never fails: a helper that is absent or broken is a fact, not an error."""
+    if served_by_helper:
+        return f"in use (this call was served by the helper, pid {served_by_helper})"
+    if not_taken:               # this very call was offered and not taken: no second wait
+        return f"did not take this call ({not_taken}): calls run in process"
+    if env.get("PYCNI_HELPER", "1") == "0":
+        return "off (PYCNI_HELPER=0): calls run in process"
+    path = socket_path(env)
+    if not _is_socket(path):
+        return f"none at {path}: calls run in process"
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        _send_request(sock, path, marshal.dumps({"probe": True, "build": build_identity()}),
+                      time.monotonic() + HANDOVER_TIMEOUT)
+        head = _recv_exact(sock, len(INFO))
+        if head == NOT_MINE:
+            return f"of another build at {path}: calls run in process until it re-executes or restarts"
+        if head != INFO:
+            raise ConnectionError("unexpected answer")
+        info = marshal.loads(_recv_exact(sock, struct.unpack("!I", _recv_exact(sock, 4))[0]))
+        return f"in use (pid {info['pid']}, {path})"
+    except (OSError, ConnectionError, ValueError, EOFError, TypeError, KeyError) as e:
+        return (f"not answering at {path} ({type(e).__name__}: stopped, hung or gone): calls run in "
+                f"process, after at most {HANDOVER_TIMEOUT:.0f} s")
+    finally:
+        sock.close()
 
 
 def forward(plugin: str, env, stdin, stdout) -> int | None:
     """Exit code of the call, served by the helper or (when the helper did not take it) in
     process; None when there is no helper to ask."""
+    global not_taken
     if env.get("PYCNI_HELPER", "1") == "0":
         return None
     path = socket_path(env)
-    try:
-        if os.lstat(path).st_mode & S_IFMT != S_IFSOCK:
-            return None         # no helper, or something else in its place
-    except OSError:
-        return None
+    if not _is_socket(path):
+        return None             # no helper, or something else in its place
     data = stdin.read()
     request = marshal.dumps({
         "plugin": plugin,
@@ -157,7 +202,8 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         pidfd = _hand_over(sock, path, request)
-    except (OSError, ConnectionError, ValueError):
+    except (OSError, ConnectionError, ValueError) as e:
+        not_taken = f"{type(e).__name__}: {e}"
         sock.close()            # never handed over: the helper will not run it; we do
         return _in_process(plugin, env, data, stdout)
     try:                        # from here on the call is the helper's

@@ -21,7 +21,8 @@ import struct
 import sys
 
 from cni.linux import netns
-from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, NOT_MINE, _recv_exact, build_identity
+from cni.runtime import client
+from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, INFO, NOT_MINE, _recv_exact, build_identity
 from cni.plugins import PLUGINS
 
 REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
@@ -34,6 +35,8 @@ def _warm_up() -> None:
     from cni.linux import rtnl  # noqa: F401
     from cni.portmap import plugin as portmap  # noqa: F401
     from ipam import plugin as ipam_plugin, service  # noqa: F401
+    from cni.runtime import attachment_lock  # noqa: F401
+    from cni.spec import request, result  # noqa: F401
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -60,6 +63,10 @@ def _serve_one(conn: socket.socket, build: str) -> None:
     if request.get("build") != build:    # a caller of another build: it runs the call itself
         conn.sendall(NOT_MINE)
         raise ConnectionError(f"caller of another build ({request.get('build')!r}; this is {build!r})")
+    if request.get("probe"):                # STATUS asks whether we serve: yes, and who we are
+        info = marshal.dumps({"pid": os.getppid()})
+        conn.sendall(INFO + struct.pack("!I", len(info)) + info)
+        return
     me = os.pidfd_open(os.getpid())
     try:
         conn.sendmsg([ACK], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", me))])
@@ -76,6 +83,7 @@ def _serve_one(conn: socket.socket, build: str) -> None:
     os.close(caller_mnt)
     os.close(caller_net)
     os.chdir("/")
+    client.served_by_helper = os.getppid()
     from cni import plugins
     from cni.spec.log import log
 

@@ -70,8 +70,9 @@ def _emit(stdout: IO[str], obj: dict) -> None:
 
 
 def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[bytes],
-        stdout: IO[str], about: str = "pycni") -> int:
-    """Serve one CNI call. Returns the process exit code."""
+        stdout: IO[str], about: str = "pycni", serialize: str = "") -> int:
+    """Serve one CNI call. Returns the process exit code. With `serialize` (the plugin's name),
+    ADD, DEL and CHECK of one attachment never overlap (cni.runtime.attachment_lock)."""
     if env.get("CNI_COMMAND") == "VERSION":
         _emit(stdout, {"cniVersion": version_of_stdin(stdin), "supportedVersions": list(SUPPORTED)})
         return 0
@@ -92,7 +93,13 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         plugin = plugin_factory()
         handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                    "STATUS": plugin.status, "GC": plugin.gc}[req.command]
-        result = handler(req)
+        if serialize and req.command in ("ADD", "DEL", "CHECK"):
+            from cni.runtime.attachment_lock import one_call_per_attachment
+
+            with one_call_per_attachment(env, serialize, str(conf.get("name")), req.container_id, req.ifname):
+                result = handler(req)
+        else:
+            result = handler(req)
         if req.command == "ADD":
             _emit(stdout, render(result, version))
         log.debug("ok")

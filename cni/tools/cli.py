@@ -106,6 +106,9 @@ def main(argv: list[str]) -> int:
             driver.check(att)
         elif args.verb == "status":
             driver.status()
+            from cni.runtime.client import helper_state
+
+            print(f"ready; pycni helper: {helper_state(os.environ)}")
         else:
             driver.gc([tuple(v.rsplit("/", 1)) for v in args.valid])
         return 0

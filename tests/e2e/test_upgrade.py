@@ -43,7 +43,8 @@ def test_del_from_a_build_pruned_while_it_runs(node, artifact, tmp_path):  # noq
     fcntl.flock(lock, fcntl.LOCK_EX)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "old",
            "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir),
-           "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "0"}
+           "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "0",
+           "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock")}
     dele = subprocess.Popen([IP, "netns", "exec", node.name, str(bin_dir / "pycni")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
     dele.stdin.write(json.dumps({**conf, "prevResult": add.out}).encode())

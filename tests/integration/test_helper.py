@@ -248,3 +248,162 @@ def test_a_helper_in_another_mount_namespace_acts_in_the_callers(node):
         assert node.reservations("testnet") == []
     finally:
         stop(helper)
+
+
+def slow_ipam(tmp_path, add_sleep: float = 0.0, first_del_sleep: float = 0.0):
+    """A stand-in IPAM plugin that behaves as one (an address on ADD, nothing on DEL) but takes
+    its time: ADD after `add_sleep` seconds, the first DEL only after `first_del_sleep`."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    exe = plugins / "slowipam"
+    exe.write_text(f"""#!/bin/sh
+cat >/dev/null
+case "$CNI_COMMAND" in
+ADD) sleep {add_sleep}
+     echo '{{"cniVersion": "1.0.0", "ips": [{{"address": "10.88.0.50/24", "gateway": "10.88.0.1"}}]}}' ;;
+DEL) if [ ! -e {plugins}/deleted-once ]; then touch {plugins}/deleted-once; sleep {first_del_sleep}; fi ;;
+*) echo '{{"cniVersion": "1.0.0"}}' ;;
+esac
+""")
+    exe.chmod(0o755)
+    return plugins
+
+
+def call_env(node, command, pod, cid, plugins, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update(CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=f"/var/run/netns/{pod}", CNI_IFNAME="eth0",
+               CNI_PATH=str(plugins), PYCNI_HELPER_SOCKET=str(node.tmp / "helper.sock"),
+               PYCNI_LOG_FILE=str(node.log_file), **extra)
+    return env
+
+
+def start_call(node, env, conf) -> subprocess.Popen:
+    proc = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+    proc.stdin.write(json.dumps(conf).encode())
+    proc.stdin.close()
+    return proc
+
+
+def wait_for_process(marker: str, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = sh("pgrep", "-f", marker, check=False).split()
+        if pids:
+            return int(pids[0])
+        time.sleep(0.02)
+    raise AssertionError(f"no process {marker!r}")
+
+
+@pytest.mark.parametrize("through", ["helper", "in-process"])
+def test_a_del_waits_for_the_add_of_the_same_attachment_in_flight(node, tmp_path, through, request):
+    """A runtime's DEL that arrives while the ADD of the same attachment is still running (a runtime
+    that gave up waiting, a helper child not yet killed): the DEL starts only once the ADD is over,
+    so it removes what the ADD made instead of running first and leaving a veth behind."""
+    if through == "helper":
+        request.getfixturevalue("helper")
+    extra = {} if through == "helper" else {"PYCNI_HELPER": "0"}
+    plugins = slow_ipam(tmp_path, add_sleep=1.5)
+    pod = node.pod()
+    conf = {**netconf(node), "ipam": {"type": "slowipam"}}
+    add = start_call(node, call_env(node, "ADD", pod, "race", plugins, **extra), conf)
+    wait_for_process(f"sleep 1.5")               # the ADD is in its IPAM, the veth not made yet
+    t0 = time.monotonic()
+    dele = start_call(node, call_env(node, "DEL", pod, "race", plugins, **extra), conf)
+    dele_out = dele.stdout.read()
+    del_done = time.monotonic() - t0
+    add_out = json.loads(add.stdout.read())
+    assert add.wait(timeout=60) == 0, add_out
+    assert dele.wait(timeout=60) == 0, dele_out
+    assert del_done > 0.5, f"the DEL did not wait for the ADD ({del_done:.2f} s)"
+    assert not [link for link in node.links() if link.startswith("veth")], node.links()
+    assert "eth0" not in sh("ip", "-o", "link", ns=pod)
+    if through == "helper":
+        assert served_by_helper(node) == 1
+
+
+def test_helper_child_killed_mid_del_runs_the_del_again_in_process(node, helper, tmp_path):
+    plugins = slow_ipam(tmp_path, first_del_sleep=30)
+    pod = node.pod()
+    conf = {**netconf(node), "ipam": {"type": "slowipam"}}
+    assert json.loads(start_call(node, call_env(node, "ADD", pod, "kd", plugins), conf).stdout.read())["ips"]
+    dele = start_call(node, call_env(node, "DEL", pod, "kd", plugins), conf)
+    sleeper = wait_for_process("sleep 30")
+    child = int(sh("ps", "-o", "ppid=", "-p", str(sleeper)).split()[0])     # slowipam, run by...
+    child = int(sh("ps", "-o", "ppid=", "-p", str(child)).split()[0]) if child != helper.pid else child
+    assert int(sh("ps", "-o", "ppid=", "-p", str(child)).split()[0]) == helper.pid   # ...the helper's child
+    t0 = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    out = dele.stdout.read()
+    took = time.monotonic() - t0
+    os.kill(sleeper, signal.SIGKILL)
+    assert dele.wait(timeout=60) == 0, out
+    assert not [link for link in node.links() if link.startswith("veth")]
+    log = node.log_file.read_text()
+    assert "pycni DEL kd/eth0 deleted" in log           # the in-process rerun did the work
+    assert helper.poll() is None
+    print(f"child killed mid-DEL: the DEL ran again in process in {took * 1000:.0f} ms")
+
+
+def test_helper_killed_mid_add_the_call_completes_once_and_a_restarted_helper_serves(node, helper, tmp_path):
+    """The helper itself dies while its child serves an ADD: the child finishes the call (it was
+    acknowledged, so nobody else runs it) and answers; calls meanwhile run in process; a restarted
+    helper takes over the stale socket and serves again."""
+    plugins = slow_ipam(tmp_path, add_sleep=1)
+    pod, later, last = node.pod(), node.pod(), node.pod()
+    conf = {**netconf(node), "ipam": {"type": "slowipam"}}
+    add = start_call(node, call_env(node, "ADD", pod, "hk", plugins), conf)
+    wait_for_process("sleep 1")
+    helper.kill()
+    helper.wait()
+    out = json.loads(add.stdout.read())
+    assert add.wait(timeout=60) == 0, out
+    assert served_by_helper(node) == 1 and out["ips"][0]["address"] == "10.88.0.50/24"
+    assert len([link for link in node.links() if link.startswith("veth")]) == 1
+    assert node.pycni("ADD", netconf(node), later, cid="meanwhile").rc == 0      # in process
+    assert served_by_helper(node) == 1
+    again = start_helper(node, node.tmp / "helper.sock")
+    try:
+        assert "serving on" in ready_line(again, stream=again.stderr)
+        assert node.pycni("ADD", netconf(node), last, cid="restarted").rc == 0
+        assert served_by_helper(node) == 2
+    finally:
+        stop(again)
+
+
+def status_line(node) -> str:
+    lines = [line for line in node.log_file.read_text().splitlines() if "STATUS" in line and "ready; helper" in line]
+    return lines[-1].split("ready; helper ", 1)[1]
+
+
+def test_status_says_whether_the_helper_is_in_use(node):
+    """STATUS never fails for want of a helper; its log line (and `pycni exec status`) says
+    whether the helper serves: absent, in use, stopped."""
+    conf = netconf(node, "1.1.0")
+    assert node.pycni("STATUS", conf).rc == 0
+    assert status_line(node).startswith(f"none at {node.tmp / 'helper.sock'}")
+    helper = start_helper(node, node.tmp / "helper.sock")
+    try:
+        assert "serving on" in ready_line(helper, stream=helper.stderr)
+        assert node.pycni("STATUS", conf).rc == 0
+        assert status_line(node).startswith("in use (this call was served by the helper, pid ")
+        conflist = node.tmp / "net.conflist"
+        conflist.write_text(json.dumps({"cniVersion": "1.1.0", "name": conf["name"],
+                                        "plugins": [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")}]}))
+        env = {**os.environ, "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock"), "CNI_PATH": str(BIN)}
+        env.pop("CNI_COMMAND", None)
+        out = subprocess.run(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "exec", "status", str(conflist)],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"ready; pycni helper: in use (pid {helper.pid}, {node.tmp / 'helper.sock'})" in out.stdout, out.stdout
+        os.kill(helper.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            assert node.pycni("STATUS", conf).rc == 0
+            took = time.monotonic() - t0
+        finally:
+            os.kill(helper.pid, signal.SIGCONT)
+        assert status_line(node).startswith("did not take this call (TimeoutError")
+        assert took < 3.0, took                     # one hand-over timeout, not two
+    finally:
+        stop(helper)

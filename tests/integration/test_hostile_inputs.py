@@ -111,7 +111,7 @@ def test_data_dir_out_of_inodes(node, backend):
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {
         "CNI_CONTAINERID": "full", "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0",
         "CNI_PATH": str(BIN), "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "0",
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}.items())
+        "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}.items())
     run = f"env {env} {BIN / 'pycni'} < {node.tmp / 'conf.json'}"
     script = (f"mount -t tmpfs -o size=4m,nr_inodes=64 pycni-full {top} && mkdir {top}/ipam && "
               f"i=0; while touch {top}/f$i 2>/dev/null; do i=$((i+1)); done; "

@@ -52,7 +52,8 @@ def firewall_leftovers(backend: str) -> list[str]:
 def call(command: str, c: dict, cid: str, pod: str) -> tuple[int, dict | None]:
     env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
            "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN),
-           "PYCNI_HELPER": "0", "PYCNI_LOG_FILE": c["logFile"]}
+           "PYCNI_HELPER": "0", "PYCNI_LOG_FILE": c["logFile"],
+           "PYCNI_HELPER_SOCKET": os.path.join(os.path.dirname(c["logFile"]), "helper.sock")}
     p = subprocess.run([str(BIN / "pycni")], input=json.dumps(c).encode(), env=env, capture_output=True)
     out = p.stdout.decode()
     return p.returncode, (json.loads(out) if out.strip() else None)

@@ -158,7 +158,8 @@ BIN = Path(sys.executable).parent
 def run_exec(env: dict, raw: bytes) -> tuple[int, str]:
     """The real executable, as a runtime runs it."""
     full = {**env, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYCNI_HELPER": "0",
-            "PYCNI_LOG_FILE": os.environ.get("PYCNI_LOG_FILE", "")}
+            "PYCNI_LOG_FILE": os.environ.get("PYCNI_LOG_FILE", ""),
+            "PYCNI_HELPER_SOCKET": os.environ["PYCNI_HELPER_SOCKET"]}     # its dir: the attachment locks
     p = subprocess.run([str(BIN / "pycni")], input=raw, env=full, capture_output=True, timeout=120)
     return p.returncode, p.stdout.decode(errors="replace")
 

@@ -29,7 +29,8 @@ PODS = 6
 def start(node, command, conf, pod, cid):  # noqa: F811
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
            "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN),
-           "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "0"}
+           "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "0",
+           "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock")}
     p = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     p.stdin.write(json.dumps(conf).encode())

@@ -22,7 +22,8 @@ def test_fuzz_every_case_ends_in_a_result_or_a_cni_error(node):  # noqa: F811
                            "--cases", str(cases), "--pod", f"/var/run/netns/{pod}", "--data", str(data),
                            "--db", str(ROOT / ".hypothesis" / "fuzz"), *seed],
                           cwd=ROOT, capture_output=True, text=True,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYCNI_LOG_FILE": str(node.log_file)})
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYCNI_LOG_FILE": str(node.log_file),
+                               "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock")})
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     summary = [line for line in proc.stdout.splitlines() if line.startswith("fuzz:")][0]
