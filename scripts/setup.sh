@@ -13,7 +13,7 @@ PKGS=(iproute2 iputils-ping python3-venv)
 EXTRAS=""
 case "$PROFILE" in
   demo) ;;
-  test) PKGS+=(iptables nftables conntrack containernetworking-plugins containerd runc podman busybox-static curl)
+  test) PKGS+=(iptables nftables conntrack containernetworking-plugins containerd runc podman busybox-static curl patchelf)
         EXTRAS="[test,build]" ;;
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
 esac

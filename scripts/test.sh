@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, builds the self-contained executable
 # (dist/pycni), then unit + integration + robustness + end-to-end tests (containerd, podman, a
-# chroot without Python), and the integration tests once more against the built executable.
+# chroot without Python), and the integration tests once more against the built executable as
+# `pycni install` lays it out (the names run the build's own interpreter through its launcher).
 # Integration and end-to-end tests run inside throwaway network namespaces (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,7 @@ if [ $# -gt 0 ]; then
 fi
 bash build/build.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider tests
-echo "== the integration tests again, against the built executable (dist/pycni) =="
-PYCNI_BIN_DIR=dist/pycni .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration
+echo "== the integration tests again, against the build as \`pycni install\` lays it out =="
+rm -rf build/.work/installed
+dist/pycni/pycni install --bin-dir build/.work/installed/bin
+PYCNI_BIN_DIR=build/.work/installed/bin .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration

@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--bin-dir", default="/opt/cni/bin")
     p.add_argument("--conf-dir", default="/etc/cni/net.d")
     p.add_argument("--conf-name", default="10-pycni.conflist")
+    p.add_argument("--node-bin-dir", metavar="DIR",
+                   help="where the node sees --bin-dir, if not at the same path (default: the same)")
     p.add_argument("--from", dest="source", metavar="BUILD",
                    help="the build to install into --bin-dir (default: the one running; none: skip)")
     p.add_argument("--network", default="pycni")
@@ -117,5 +119,6 @@ def _install(args) -> None:
     if bundle is None:
         print("agent: not a self-contained build and no --from: plugin not installed", flush=True)
         return
-    exe = install.install_binaries(bundle.resolve(), Path(args.bin_dir))
+    exe = install.install_binaries(bundle.resolve(), Path(args.bin_dir),
+                                   node_bin_dir=Path(args.node_bin_dir) if args.node_bin_dir else None)
     print(f"agent: installed {exe} -> {os.readlink(exe)}", flush=True)

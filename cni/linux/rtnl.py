@@ -122,6 +122,42 @@ class Rtnl:
                              {"family": family, "index": index, "flags": ifi_flags, "change": change},
                              attrs or [])
 
+    def warm_up(self) -> None:
+        """For a resident process that forks one child per call (`pycni helper`): pyroute2 builds
+        its attribute tables on a message class's first encode and decode. Doing that once here,
+        with the message shapes calls use (encoded, never sent) and read-only dumps of this
+        namespace (decoded), spares every child the work."""
+        shapes = [
+            (ifinfmsg, {"family": 0, "index": 1, "flags": 1, "change": 1}, [
+                ("IFLA_IFNAME", "x"), ("IFLA_MTU", 1500), ("IFLA_MASTER", 1), ("IFLA_IFALIAS", "x"),
+                ("IFLA_ADDRESS", "02:00:00:00:00:01"), ("IFLA_NET_NS_FD", 0),
+                ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [
+                    ("VETH_INFO_PEER", {"attrs": [("IFLA_IFNAME", "y"), ("IFLA_NET_NS_FD", 0)]})]})]})]),
+            (ifinfmsg, {"family": 0, "index": 1}, [("IFLA_LINKINFO", {"attrs": [
+                ("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]})]),
+            (ifinfmsg, {"family": 0, "index": 0}, [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]),
+            (ifaddrmsg, {"family": 2, "prefixlen": 24, "index": 1}, [
+                ("IFA_LOCAL", "192.0.2.1"), ("IFA_ADDRESS", "192.0.2.1"), ("IFA_FLAGS", 0)]),
+            (ifaddrmsg, {"family": 10, "prefixlen": 64, "index": 1}, [
+                ("IFA_LOCAL", "2001:db8::1"), ("IFA_ADDRESS", "2001:db8::1")]),
+            (rtmsg, {"family": 2, "dst_len": 0, "table": 254, "proto": 3, "scope": 0, "type": 1}, [
+                ("RTA_DST", "0.0.0.0"), ("RTA_GATEWAY", "192.0.2.1"), ("RTA_OIF", 1)]),
+            (rtmsg, {"family": 10, "dst_len": 0, "table": 254, "proto": 3, "scope": 0, "type": 1}, [
+                ("RTA_DST", "::"), ("RTA_GATEWAY", "2001:db8::1"), ("RTA_OIF", 1)]),
+        ]
+        for cls, fields, attrs in shapes:
+            msg = cls()
+            msg["header"]["type"] = RTM_NEWLINK
+            for key, value in fields.items():
+                msg[key] = value
+            msg["attrs"] = attrs
+            msg.encode()
+            cls(msg.data).decode()
+        self.links()
+        self.addresses(1)
+        for af in (socket.AF_INET, socket.AF_INET6):
+            self.routes(af)
+
     # ------------------------------------------------------------ links
 
     def link_by_name(self, name: str) -> Any | None:

@@ -46,17 +46,12 @@ CODE_TRY_AGAIN = 11
 
 
 def build_identity() -> str:
-    """Which build this process runs: pycni's version and where its code lives (for the installed
-    build, `.pycni/<version>-<digest>/` under the bin dir: a new build is a new directory)."""
-    import sys
-
+    """Which build this process runs: pycni's version and the directory its code lives in (for an
+    installed build `.pycni/<version>-<digest>/_internal/` under the bin dir: a new build is a new
+    directory). The same for the bootloader executable and the launcher script of one build."""
     from cni.spec.version import PYCNI
 
-    if getattr(sys, "frozen", False):
-        where = os.path.dirname(os.path.realpath(sys.executable))
-    else:
-        where = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-    return f"{PYCNI} {where}"
+    return f"{PYCNI} {os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))}"
 
 
 def socket_path(env) -> str:

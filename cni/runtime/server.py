@@ -11,6 +11,7 @@ Only root may call (SO_PEERCRED); the socket is root's alone.
 from __future__ import annotations
 
 import array
+import gc
 import io
 import marshal
 import os
@@ -37,6 +38,16 @@ def _warm_up() -> None:
     from ipam import plugin as ipam_plugin, service  # noqa: F401
     from cni.runtime import attachment_lock  # noqa: F401
     from cni.spec import request, result  # noqa: F401
+
+    nft._library()          # dlopen libnftables once: children share the mapping
+    ipr = rtnl.Rtnl()       # pyroute2's tables, built once (read-only dumps of our namespace)
+    try:
+        ipr.warm_up()
+    finally:
+        ipr.close()
+    # what the parent holds stays where it is: a child's garbage collector would otherwise touch
+    # (and so copy) every page of it; children run one call and exit, they collect nothing
+    gc.freeze()
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -220,6 +231,7 @@ def _accept(server: socket.socket, poller, watching: dict, build: str) -> None:
     if pid == 0:
         code = 0
         try:
+            gc.disable()
             server.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _serve_one(conn, build)
@@ -236,11 +248,13 @@ def _accept(server: socket.socket, poller, watching: dict, build: str) -> None:
 
 
 def _started_as() -> str:
-    """The executable the helper was started as (e.g. /opt/cni/bin/pycni): `pycni install` swaps
-    what it points at. Empty for a development install (python entry point)."""
-    if not getattr(sys, "frozen", False):
+    """The executable the helper was started as (e.g. /opt/cni/bin/pycni, the bootloader or the
+    launcher of a build): `pycni install` swaps what it points at. Empty when it is not a build's
+    (a development install's entry point)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or not os.path.isdir(os.path.join(os.path.dirname(_resolves(argv0)), "_internal")):
         return ""
-    return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return os.path.abspath(argv0)
 
 
 def _resolves(path: str) -> str:

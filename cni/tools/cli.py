@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="also install the resident helper as a systemd unit (pycni-helper.service, "
                           "in UNIT_DIR, default /etc/systemd/system) and enable it where systemd runs")
     ins.add_argument("--helper-socket", default="/run/pycni/helper.sock")
+    ins.add_argument("--node-bin-dir", metavar="DIR",
+                     help="where the node's runtimes see --bin-dir, when that differs (an image root, "
+                          "a container's mount of the host): the launcher names its interpreter by that path")
     ag = sub.add_parser("agent", help="node agent of a Kubernetes cluster (the DaemonSet's process)")
     from cni.agent.main import add_arguments
 
@@ -76,7 +79,7 @@ def main(argv: list[str]) -> int:
 
         try:
             for line in install(args.bin_dir, args.conf_dir, args.conflist, args.source, args.conf_name,
-                                args.helper_unit_dir, args.helper_socket):
+                                args.helper_unit_dir, args.helper_socket, args.node_bin_dir):
                 print(f"installed {line}")
             return 0
         except CNIError as e:

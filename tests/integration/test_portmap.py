@@ -263,3 +263,23 @@ def test_gc_removes_rules_of_invalid_attachments(node, backend):
         assert comments(dump_rules(w)) == {"keep"}
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("add_by,del_by", [("exec", "exec"), ("library", "exec"), ("exec", "library")])
+def test_nft_program_and_library_make_the_same_rules(node, add_by, del_by):
+    """libnftables in process and the `nft` program (PYCNI_NFT=exec, or a node without the
+    library) are one backend: either one's DEL removes what the other's ADD made."""
+    env = {"exec": {"PYCNI_NFT": "exec"}, "library": {}}
+    w = World(node, "nftables")
+    try:
+        pod = node.pod()
+        conf = {**w.conf(), "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}
+        res = node.pycni("ADD", conf, pod, cid="both", env=env[add_by])
+        assert res.rc == 0, res.out
+        ruleset = sh("nft", "list", "table", "inet", "pycni", ns=node.name)
+        assert "pycni testnet/both/eth0" in ruleset and "8080" in ruleset
+        assert node.pycni("CHECK", {**conf, "prevResult": res.out}, pod, cid="both", env=env[del_by]).rc == 0
+        assert node.pycni("DEL", {**conf, "prevResult": res.out}, pod, cid="both", env=env[del_by]).rc == 0
+        assert "pycni testnet" not in sh("nft", "list", "table", "inet", "pycni", ns=node.name)
+    finally:
+        w.close()

@@ -31,8 +31,12 @@ def test_a_delegated_plugin_that_never_answers(tmp_path, monkeypatch):
 
 
 def test_nft_that_never_answers(tmp_path, monkeypatch):
+    """The nft program (used where libnftables is missing, or with PYCNI_NFT=exec) has a deadline;
+    in process, through libnftables, there is no child to wait for."""
     hanging(tmp_path, "nft")
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PYCNI_NFT", "exec")
+    monkeypatch.setattr(nft, "_LIB", [])
     monkeypatch.setattr(nft, "NFT_TIMEOUT", 0.5)
     t0 = time.monotonic()
     with pytest.raises(TryAgainLater) as e:

@@ -174,3 +174,50 @@ def test_helper_unit_for_a_hand_made_node(tmp_path, monkeypatch):
     verify = subprocess.run(["systemd-analyze", "verify", str(units / install.HELPER_UNIT)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and not verify.stderr.strip() and not verify.stdout.strip(), verify.stderr
+
+
+def with_interpreter(build: Path) -> Path:
+    """A fake build that carries its own interpreter (as build/build.sh adds _internal/bin/python3.11):
+    it reports what it was asked to run."""
+    interp = build / "_internal" / "bin" / "python3.11"
+    interp.parent.mkdir()
+    interp.write_text('#!/bin/sh\necho interpreter "$1"\n')
+    interp.chmod(0o755)
+    return build
+
+
+def test_names_run_the_launcher_with_the_builds_own_interpreter(tmp_path):
+    b = with_interpreter(fake_build(tmp_path, "one"))
+    bin_dir = tmp_path / "bin"
+    install.install_binaries(b, bin_dir)
+    build = install.bundle_id(b)
+    assert not (b / install.LAUNCHER).exists()          # written into the installed copy only
+    for name in install.NAMES:
+        assert os.readlink(bin_dir / name) == f".pycni/{build}/{install.LAUNCHER}"
+        out = subprocess.run([bin_dir / name], capture_output=True, text=True).stdout.split()
+        assert out == ["interpreter", str(bin_dir / name)]          # the name decides the plugin
+    first = (bin_dir / ".pycni" / build / install.LAUNCHER).read_text().splitlines()[0]
+    assert first == f"#!{bin_dir}/.pycni/{build}/_internal/bin/python3.11"
+
+
+def test_launcher_names_the_interpreter_where_the_node_sees_it(tmp_path):
+    b = with_interpreter(fake_build(tmp_path, "one"))
+    bin_dir = tmp_path / "mnt" / "bin"
+    install.install_binaries(b, bin_dir, node_bin_dir=Path("/opt/cni/bin"))
+    build = install.bundle_id(b)
+    first = (bin_dir / ".pycni" / build / install.LAUNCHER).read_text().splitlines()[0]
+    assert first == f"#!/opt/cni/bin/.pycni/{build}/_internal/bin/python3.11"
+    install.install_binaries(b, bin_dir)                  # the same build, now seen where it is
+    first = (bin_dir / ".pycni" / build / install.LAUNCHER).read_text().splitlines()[0]
+    assert first == f"#!{bin_dir}/.pycni/{build}/_internal/bin/python3.11"
+
+
+def test_no_launcher_when_the_shebang_would_be_too_long_or_there_is_no_interpreter(tmp_path):
+    b = with_interpreter(fake_build(tmp_path, "one"))
+    deep = tmp_path / ("d" * 120) / ("e" * 120) / "bin"
+    install.install_binaries(b, deep)
+    assert os.readlink(deep / "pycni") == f".pycni/{install.bundle_id(b)}/pycni"
+    assert subprocess.run([deep / "pycni"], capture_output=True, text=True).stdout.split() == ["one", "pycni"]
+    plain = fake_build(tmp_path, "two")
+    install.install_binaries(plain, tmp_path / "bin")
+    assert os.readlink(tmp_path / "bin" / "pycni") == f".pycni/{install.bundle_id(plain)}/pycni"
