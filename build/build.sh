@@ -22,6 +22,23 @@ mkdir -p "$INTERNAL/bin"
 cp "$PY" "$INTERNAL/bin/python3.11"
 patchelf --force-rpath --set-rpath '$ORIGIN/..' "$INTERNAL/bin/python3.11"
 printf '..\n../python3.11/lib-dynload\n' > "$INTERNAL/bin/python3.11._pth"
+# every bundled ELF finds its bundled dependencies first (as under the bootloader): extension
+# modules and libraries carry the build machine's RUNPATH, which would miss the bundle (libffi for
+# ctypes, libssl, libnftables' libraries) on a node that lacks them
+.venv/bin/python - "$INTERNAL" <<'PY'
+import os, subprocess, sys
+internal = os.path.realpath(sys.argv[1])
+for root, _, files in os.walk(internal):
+    for name in files:
+        path = os.path.join(root, name)
+        if os.path.islink(path) or ".so" not in name or os.path.dirname(path) == os.path.join(internal, "bin"):
+            continue
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                continue
+        up = os.path.relpath(internal, root)
+        subprocess.run(["patchelf", "--set-rpath", "$ORIGIN" if up == "." else f"$ORIGIN/{up}", path], check=True)
+PY
 # the interpreter and the bundled libpython must be one Python, and it must find only the bundle
 want=$(.venv/bin/python -c 'import sys; print(sys.version)')
 got=$("$INTERNAL/bin/python3.11" -c 'import sys, cni; assert sys.flags.isolated and sys.flags.no_site, sys.flags; print(sys.version)')

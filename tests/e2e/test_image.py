@@ -70,7 +70,8 @@ def test_daemonset_image_configures_the_node(node, tmp_path, image):
                         "--cap-add", "CAP_NET_RAW", *mounts, "--env", "NODE_NAME=node-a",
                         "--env", "PYCNI_LOG_FILE=/run/pycni/agent.log", IMAGE, "agent",
                         "/opt/pycni/agent/pycni-agent", "--from=/opt/pycni/plugin",
-                        "--bin-dir=/host/opt/cni/bin", "--conf-dir=/host/etc/cni/net.d",
+                        "--bin-dir=/host/opt/cni/bin", f"--node-bin-dir={host['opt-cni-bin']}",
+                        "--conf-dir=/host/etc/cni/net.d",
                         "--data-dir=" + str(host["run-pycni"] / "ipam"),   # the path the host's plugin will use
                         "--cluster-cidr=10.244.0.0/16", "--nodes-file=/data/nodes.json", check=False)
         assert run.returncode == 0, run.stdout + run.stderr
@@ -171,7 +172,8 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
 def _is_helper(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")[1:2] == [b"helper"]
+            args = f.read().split(b"\0")     # bootloader: pycni helper ...; launcher: python3.11 pycni helper ...
+            return b"helper" in args[1:3] and b"--socket" in args
     except OSError:
         return False
 

@@ -28,9 +28,11 @@ def rootfs(tmp_path, artifact) -> Path:
     (root / "bin" / "busybox").chmod(0o755)
     for applet in ("sh", "ls", "cat", "ip"):
         os.symlink("busybox", root / "bin" / applet)
-    # install the build the way a user does (its own `install` command), into the chroot's dirs
-    subprocess.run([artifact / "pycni", "install", "--bin-dir", root / "opt/cni/bin",
-                    "--conf-dir", root / "etc/cni/net.d"], check=True, capture_output=True)
+    # install the build the way a user does (its own `install` command), into the chroot's dirs,
+    # which the chroot sees at /opt/cni/bin: the names run the launcher with the build's interpreter
+    subprocess.run([artifact / "pycni", "install", "--bin-dir", root / "opt/cni/bin", "--node-bin-dir",
+                    "/opt/cni/bin", "--conf-dir", root / "etc/cni/net.d"], check=True, capture_output=True)
+    assert os.readlink(root / "opt/cni/bin/pycni").endswith("/pycni-launch")
     bundle = (root / "opt/cni/bin/pycni").resolve().parent
     for lib in host_libraries(bundle / "pycni", bundle / "_internal"):
         copy_file(lib, root)
