@@ -7,8 +7,10 @@ calls in process and through a healthy helper.
 Runs in throwaway namespaces (a node namespace it re-executes itself in, pods beside it). The
 helper is started as `pycni-helper.service` and the DaemonSet's agent start it: the bin dir's own
 `pycni helper --socket S`. Each row: the fault, how it was made, ADD and DEL p50, and the extra
-over the in-process call. tests/integration/test_helper.py checks each fault's *behaviour*
-(exactly once, nothing left); this script only measures.
+over the in-process call, as the median of per-round differences: every round runs an in-process
+ADD+DEL pair right before the fault's pair, so the VM's drift cancels out.
+tests/integration/test_helper.py checks each fault's *behaviour* (exactly once, nothing left);
+this script only measures.
 """
 
 from __future__ import annotations
@@ -58,14 +60,26 @@ class Bench:
             raise SystemExit(f"{command} {cid} failed: {p.stdout.decode()} {p.stderr.decode()}")
         return took
 
-    def rounds(self, n: int, **env) -> tuple[float, float]:
-        adds, dels = [], []
+    def pair(self, **env) -> tuple[float, float]:
+        pod = self.pod()
+        add = self.call("ADD", pod, pod, **env)
+        dele = self.call("DEL", pod, pod, **env)
+        subprocess.run(["ip", "netns", "del", pod], check=True)
+        return add, dele
+
+    def rounds(self, n: int, **env) -> tuple[float, float, float, float]:
+        """ADD p50, DEL p50, and the median extra of ADD and of DEL over an in-process pair run
+        just before, round by round."""
+        adds, dels, extra_add, extra_del = [], [], [], []
         for _ in range(n):
-            pod = self.pod()
-            adds.append(self.call("ADD", pod, pod, **env))
-            dels.append(self.call("DEL", pod, pod, **env))
-            subprocess.run(["ip", "netns", "del", pod], check=True)
-        return statistics.median(adds), statistics.median(dels)
+            base_add, base_del = self.pair(PYCNI_HELPER="0")
+            add, dele = self.pair(**env)
+            adds.append(add)
+            dels.append(dele)
+            extra_add.append(add - base_add)
+            extra_del.append(dele - base_del)
+        return (statistics.median(adds), statistics.median(dels), statistics.median(extra_add),
+                statistics.median(extra_del))
 
     def parallel(self, n: int, **env) -> float:
         pods = [self.pod() for _ in range(n)]
@@ -102,13 +116,13 @@ def inside(args) -> None:
     b = Bench(work, args.prefix)
     rows = []
 
-    def row(fault: str, how: str, add: float, dele: float):
-        rows.append((fault, how, add, dele))
-        print(f"  {fault}: ADD {add:.1f} ms, DEL {dele:.1f} ms", flush=True)
+    def row(fault: str, how: str, add: float, dele: float, extra_add: float, extra_del: float):
+        rows.append((fault, how, add, dele, extra_add, extra_del))
+        print(f"  {fault}: ADD {add:.1f} ms ({extra_add:+.1f}), DEL {dele:.1f} ms ({extra_del:+.1f})", flush=True)
 
     try:
         b.rounds(3, PYCNI_HELPER="0")               # warm the page cache
-        row("in process (PYCNI_HELPER=0)", "the baseline", *b.rounds(args.rounds, PYCNI_HELPER="0"))
+        row("in process (PYCNI_HELPER=0)", "the baseline against itself", *b.rounds(args.rounds, PYCNI_HELPER="0"))
         row("no helper", "no socket at the path", *b.rounds(args.rounds))
         h = b.start_helper()
         row("helper serving", "pycni helper --socket S", *b.rounds(args.rounds))
@@ -137,22 +151,24 @@ def inside(args) -> None:
         row("helper in another mount namespace", "unshare -m", *b.rounds(args.rounds))
         for label, env in (("through the helper", {}), ("in process", {"PYCNI_HELPER": "0"})):
             wall = b.parallel(20, **env)
-            rows.append((f"20 parallel ADDs, {label}", "wall time of all 20", wall, float("nan")))
+            rows.append((f"20 parallel ADDs, {label}", "wall time of all 20", wall, *(float("nan"),) * 3))
             print(f"  20 parallel {label}: {wall:.0f} ms", flush=True)
         stop(h)
     finally:
         subprocess.run(["ip", "link", "del", "fbr0"], stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
 
-    base_add, base_del = rows[0][2], rows[0][3]
     print()
     print(f"helper faults, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, executables in {BIN}, "
-          f"p50 of {args.rounds} ADD+DEL pairs (stopped: {max(3, args.rounds // 3)})")
-    print("| fault | made by | ADD p50 | DEL p50 | ADD extra vs in process |")
-    print("|---|---|---|---|---|")
-    for fault, how, add, dele in rows:
-        extra = "" if dele != dele else f"{add - base_add:+.1f} ms"
-        print(f"| {fault} | {how} | {add:.1f} ms | {'' if dele != dele else f'{dele:.1f} ms'} | {extra} |")
+          f"p50 of {args.rounds} ADD+DEL pairs (stopped: {max(3, args.rounds // 3)}); extra = median of "
+          "the per-round differences with an in-process pair run just before")
+    print("| fault | made by | ADD p50 | DEL p50 | ADD extra | DEL extra |")
+    print("|---|---|---|---|---|---|")
+    for fault, how, add, dele, xa, xd in rows:
+        if dele != dele:
+            print(f"| {fault} | {how} | {add:.0f} ms |  |  |  |")
+        else:
+            print(f"| {fault} | {how} | {add:.1f} ms | {dele:.1f} ms | {xa:+.1f} ms | {xd:+.1f} ms |")
 
 
 def main() -> None:

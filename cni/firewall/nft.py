@@ -21,9 +21,7 @@ Rule: render_* are pure (golden-tested); only `transaction` runs anything.
 
 from __future__ import annotations
 
-import json
-import subprocess
-
+from cni.spec import jsonio
 from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
 from cni.firewall.rules import FirewallSpec
@@ -140,7 +138,7 @@ def elements(spec: FirewallSpec) -> list[tuple[str, str, str]]:
 
 
 def _element(name: str, key: str, data: str, comment: str | None) -> str:
-    c = f" comment {json.dumps(comment)}" if comment and name not in SHARED else ""
+    c = f" comment {jsonio.dumps(comment)}" if comment and name not in SHARED else ""
     return f"{{ {key}{c}{' : ' + data if data else ''} }}"
 
 
@@ -171,13 +169,24 @@ def render_delete_found(found: list[tuple[str, str]]) -> str:
 # ---------------------------------------------------------------- running nft
 
 
-def _nft(args: list[str], script: bytes | None = None) -> subprocess.CompletedProcess:
+class Outcome:
+    """What an nft command did: its exit status and output (as the nft program would print them)."""
+    __slots__ = ("returncode", "stdout", "stderr")
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _nft(args: list[str], script: bytes | None = None) -> Outcome:
     """Run nft with a deadline, killed with us (a transaction must never commit after our DEL)."""
+    import subprocess
+
     from cni.linux.children import tied_to_me
 
     try:
-        return subprocess.run(["nft", *args], input=script, capture_output=True, timeout=NFT_TIMEOUT,
-                              preexec_fn=tied_to_me())
+        p = subprocess.run(["nft", *args], input=script, capture_output=True, timeout=NFT_TIMEOUT,
+                           preexec_fn=tied_to_me())
+        return Outcome(p.returncode, p.stdout, p.stderr)
     except subprocess.TimeoutExpired:
         raise TryAgainLater("nft did not finish", f"nft {' '.join(args)} ran for over {NFT_TIMEOUT:g}s "
                             "and was killed") from None
@@ -211,7 +220,7 @@ class _Libnftables:
             fn.restype, fn.argtypes = res, args
         self.lib = lib
 
-    def run(self, commands: bytes, json_output: bool = False) -> subprocess.CompletedProcess:
+    def run(self, commands: bytes, json_output: bool = False) -> Outcome:
         lib = self.lib
         ctx = lib.nft_ctx_new(0)
         if not ctx:
@@ -226,7 +235,7 @@ class _Libnftables:
             err = lib.nft_ctx_get_error_buffer(ctx) or b""
         finally:
             lib.nft_ctx_free(ctx)
-        return subprocess.CompletedProcess(["libnftables"], 1 if rc else 0, out, err)
+        return Outcome(1 if rc else 0, out, err)
 
 
 _LIB: list = []
@@ -249,7 +258,7 @@ def _library() -> _Libnftables | None:
     return _LIB[0]
 
 
-def _run(commands: str, json_output: bool = False) -> subprocess.CompletedProcess:
+def _run(commands: str, json_output: bool = False) -> Outcome:
     lib = _library()
     if lib is not None:
         return lib.run(commands.encode(), json_output)
@@ -258,7 +267,7 @@ def _run(commands: str, json_output: bool = False) -> subprocess.CompletedProces
     return _nft(["-f", "-"], commands.encode())
 
 
-def transaction(script: str, *, check: bool = True) -> subprocess.CompletedProcess:
+def transaction(script: str, *, check: bool = True) -> Outcome:
     proc = _run(script)
     if check and proc.returncode != 0:
         raise CNIError("nftables transaction failed", proc.stderr.decode(errors="replace").strip()[:2000])
@@ -271,7 +280,7 @@ def _listing() -> list[dict] | None:
         if b"No such file" in proc.stderr:
             return None
         raise CNIError("cannot list nftables table", proc.stderr.decode(errors="replace").strip()[:2000])
-    return json.loads(proc.stdout).get("nftables", [])
+    return jsonio.loads(proc.stdout).get("nftables", [])
 
 
 def _text(value) -> str:
@@ -335,6 +344,8 @@ def teardown_start(spec: FirewallSpec):
     script = render_delete(spec) if spec.pod_ips and (spec.mappings or spec.masquerade) else ""
     if script.strip() and _library() is not None:
         return _teardown_in_thread(spec, script)
+    import subprocess
+
     proc = None
     if script.strip():
         try:

@@ -10,7 +10,7 @@ have been set up under the other. python-iptables is imported only on the iptabl
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -74,7 +74,7 @@ def resolve(backend: str) -> tuple[str, str]:
     if "nat" in legacy_tables(4) or "nat" in legacy_tables(6):
         # something on this node (kube-proxy, docker) uses legacy iptables NAT
         return IPT, "a legacy iptables nat table exists on this node"
-    if shutil.which("nft"):
+    if _on_path("nft"):
         return NFT, "no legacy iptables nat table, nft in PATH"
     return IPT, "no `nft` in PATH"
 
@@ -112,7 +112,7 @@ def _flush_udp(spec: FirewallSpec) -> None:
 
 def _present_backends() -> list[str]:
     present = []
-    if shutil.which("nft"):
+    if _on_path("nft"):
         present.append(NFT)
     if legacy_tables(4) or legacy_tables(6):
         present.append(IPT)
@@ -176,3 +176,9 @@ def enable_route_localnet(bridge: str) -> None:
     from cni.linux import sysctl
 
     sysctl.write(sysctl.iface_key(4, bridge, "route_localnet"), "1")
+
+
+def _on_path(program: str) -> bool:
+    """Whether PATH has `program` (shutil.which without importing shutil, bz2 and lzma)."""
+    return any(os.access(os.path.join(d, program), os.X_OK)
+               for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d)

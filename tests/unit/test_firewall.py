@@ -143,7 +143,7 @@ def test_options():
 
 def test_backend_choice(monkeypatch):
     monkeypatch.setattr(firewall, "legacy_tables", lambda family=4: set())
-    monkeypatch.setattr(firewall.shutil, "which", lambda name: "/usr/sbin/nft")
+    monkeypatch.setattr(firewall, "_on_path", lambda name: name == "nft")
     assert firewall.choose(FirewallOptions()) == "nftables"
     assert firewall.choose(FirewallOptions(backend="iptables")) == "iptables"
     monkeypatch.setattr(firewall, "legacy_tables", lambda family=4: {"nat", "filter"})
@@ -155,3 +155,12 @@ def test_nft_path_does_not_import_python_iptables():  # the real check runs the 
     for mod in ("cni.firewall", "cni.firewall.nft"):
         __import__(mod)
     assert "iptc" not in sys.modules
+
+
+def test_on_path_finds_programs_as_which_does(tmp_path, monkeypatch):
+    exe = tmp_path / "nft"
+    exe.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    assert not firewall._on_path("nft")          # not executable yet
+    exe.chmod(0o755)
+    assert firewall._on_path("nft") and not firewall._on_path("iptables-nope")

@@ -16,6 +16,7 @@ def host(monkeypatch):
              "missing": set(), "legacy": set()}
     monkeypatch.setattr(rules, "legacy_tables", lambda family=4: state["legacy"])
     monkeypatch.setattr(hostcheck.shutil, "which", lambda name: state["nft"] if name == "nft" else None)
+    monkeypatch.setattr(rules, "_on_path", lambda name: bool(state["nft"]) if name == "nft" else False)
     monkeypatch.setattr(hostcheck.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, state["nft_rc"], b"", b"Error: Could not process rule: Operation not supported"))
     monkeypatch.setattr(iptc_loader, "find_dirs", lambda: state["dirs"])
