@@ -58,8 +58,10 @@ def test_pyproject_takes_the_version_from_the_one_place():
 
 
 def _code(markdown: str) -> list[str]:
-    """The command text of a Markdown document: fenced blocks' lines and inline code spans."""
-    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", markdown, re.S | re.M)
+    """The command text of a Markdown document: fenced blocks' lines and inline code spans.
+    Blocks fenced as ```text are a program's output (benchmark tables), not commands."""
+    fenced = [body for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```", markdown, re.S | re.M)
+              if info.strip() != "text"]
     rest = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
     return [line for block in fenced for line in block.splitlines()] + re.findall(r"`([^`\n]+)`", rest)
 
