@@ -285,10 +285,24 @@ def start_call(node, env, conf) -> subprocess.Popen:
     return proc
 
 
-def wait_for_process(marker: str, timeout: float = 30) -> int:
+def ancestors(pid: int) -> list[int]:
+    out = []
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        out.append(pid)
+    return out
+
+
+def wait_for_process(command: str, timeout: float = 30) -> int:
+    """The pid of a process whose whole command line is `command` (the tests' sleeps have
+    durations no other process uses)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = sh("pgrep", "-f", marker, check=False).split()
+        pids = sh("pgrep", "-fx", command, check=False).split()
         if pids:
             return int(pids[0])
         time.sleep(0.02)
@@ -303,11 +317,11 @@ def test_a_del_waits_for_the_add_of_the_same_attachment_in_flight(node, tmp_path
     if through == "helper":
         request.getfixturevalue("helper")
     extra = {} if through == "helper" else {"PYCNI_HELPER": "0"}
-    plugins = slow_ipam(tmp_path, add_sleep=1.5)
+    plugins = slow_ipam(tmp_path, add_sleep=1.501)
     pod = node.pod()
     conf = {**netconf(node), "ipam": {"type": "slowipam"}}
     add = start_call(node, call_env(node, "ADD", pod, "race", plugins, **extra), conf)
-    wait_for_process(f"sleep 1.5")               # the ADD is in its IPAM, the veth not made yet
+    wait_for_process("sleep 1.501")              # the ADD is in its IPAM, the veth not made yet
     t0 = time.monotonic()
     dele = start_call(node, call_env(node, "DEL", pod, "race", plugins, **extra), conf)
     dele_out = dele.stdout.read()
@@ -323,12 +337,12 @@ def test_a_del_waits_for_the_add_of_the_same_attachment_in_flight(node, tmp_path
 
 
 def test_helper_child_killed_mid_del_runs_the_del_again_in_process(node, helper, tmp_path):
-    plugins = slow_ipam(tmp_path, first_del_sleep=30)
+    plugins = slow_ipam(tmp_path, first_del_sleep=30.003)
     pod = node.pod()
     conf = {**netconf(node), "ipam": {"type": "slowipam"}}
     assert json.loads(start_call(node, call_env(node, "ADD", pod, "kd", plugins), conf).stdout.read())["ips"]
     dele = start_call(node, call_env(node, "DEL", pod, "kd", plugins), conf)
-    sleeper = wait_for_process("sleep 30")
+    sleeper = wait_for_process("sleep 30.003")
     child = int(sh("ps", "-o", "ppid=", "-p", str(sleeper)).split()[0])     # slowipam, run by...
     child = int(sh("ps", "-o", "ppid=", "-p", str(child)).split()[0]) if child != helper.pid else child
     assert int(sh("ps", "-o", "ppid=", "-p", str(child)).split()[0]) == helper.pid   # ...the helper's child
@@ -349,11 +363,12 @@ def test_helper_killed_mid_add_the_call_completes_once_and_a_restarted_helper_se
     """The helper itself dies while its child serves an ADD: the child finishes the call (it was
     acknowledged, so nobody else runs it) and answers; calls meanwhile run in process; a restarted
     helper takes over the stale socket and serves again."""
-    plugins = slow_ipam(tmp_path, add_sleep=1)
+    plugins = slow_ipam(tmp_path, add_sleep=1.002)
     pod, later, last = node.pod(), node.pod(), node.pod()
     conf = {**netconf(node), "ipam": {"type": "slowipam"}}
     add = start_call(node, call_env(node, "ADD", pod, "hk", plugins), conf)
-    wait_for_process("sleep 1")
+    sleeper = wait_for_process("sleep 1.002")
+    assert helper.pid in ancestors(sleeper), "the ADD was not handed to the helper"
     helper.kill()
     helper.wait()
     out = json.loads(add.stdout.read())
