@@ -19,6 +19,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"{tier} tests need root ({ROOT_TIERS[tier]})"))
 
 
+MACHINE_RUN_DIR = Path("/run/pycni")     # the default helper socket and attachment locks' dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _machine_run_dir_untouched():
+    """No test may leave pycni's default run dir on the machine (a call without
+    PYCNI_HELPER_SOCKET would put its attachment locks there)."""
+    before = MACHINE_RUN_DIR.exists()
+    yield
+    if not before and MACHINE_RUN_DIR.exists():
+        pytest.fail(f"a test created {MACHINE_RUN_DIR} on the machine (set PYCNI_HELPER_SOCKET for its calls)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _logs_in_tmp(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("logs") / "pycni.log")

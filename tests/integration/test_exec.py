@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -13,7 +14,10 @@ from .conftest import BIN, REFERENCE_DIR, netconf, sh
 def pycni_exec(node, *args, check=True):
     cmd = ["ip", "netns", "exec", node.name, str(BIN / "pycni"), "exec", *args,
            "--cni-path", f"{BIN}:{REFERENCE_DIR}", "--cache-dir", str(node.tmp / "cache")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # the node's own helper socket path: no helper, and the attachment locks go beside it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env["PYCNI_HELPER_SOCKET"] = str(node.tmp / "helper.sock")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
