@@ -196,6 +196,8 @@ def main() -> int:
     leaks: list[str] = []
     unexpected: list[str] = []
     refused: list[str] = []
+    generic: Counter = Counter()
+    first_generic: dict[str, str] = {}
     decoys(args.pod)
 
     @seed(run_seed)
@@ -226,6 +228,10 @@ def main() -> int:
         assert isinstance(reply, dict) and isinstance(reply.get("code"), int) and isinstance(reply.get("msg"), str), text
         assert set(reply) <= {"cniVersion", "code", "msg", "details"}, reply
         counts[f"code {reply['code']}"] += 1
+        if reply["code"] == 999 and reply["msg"] != "internal error":
+            generic[reply["msg"]] += 1          # translated, but without a specific code: worth a look
+            first_generic.setdefault(reply["msg"], f"{reply.get('details', '')[:300]!r} "
+                                                   f"{env.get('CNI_COMMAND')} stdin={raw[:400]!r}")
         if reply["msg"] == "internal error":      # an exception nobody translated: a bug
             unexpected.append(f"{reply} env={env} stdin={raw[:300]!r}")
         if env.get("CNI_COMMAND") == "ADD":
@@ -250,6 +256,8 @@ def main() -> int:
           f"{counts['ok']} results, errors ({errors}), untranslated exceptions = {len(unexpected)}, "
           f"{counts['DEL after a refused ADD']} DELs after a refused ADD, of them refused = {len(refused)}, "
           f"leaks found = {len(leaks)}")
+    for msg, n in generic.most_common(10):
+        print(f"  CODE 999 x{n}: {msg}; first: {first_generic[msg]}")
     for leak in leaks[:10]:
         print("  LEAK", leak)
     for u in unexpected[:10]:
