@@ -44,11 +44,9 @@ def delete(conf: NetConf, req: Request) -> None:
     if conf.ipam_in_process:
         from ipam import config as ipam_config, service
 
-        try:
-            where = _ipam_config(conf, req)
-        except CNIError:            # DEL needs only where the reservations are
-            where = ipam_config.locate(conf.ipam, conf.name)
-        service.delete(where, req.container_id, req.ifname)
+        # DEL needs only where the reservations are: nothing else of the IPAM section is read, so
+        # nothing else in it can stop a release
+        service.delete(ipam_config.locate(conf.ipam, conf.name), req.container_id, req.ifname)
         return
     from ipam.delegate import PluginNotFound
 

@@ -212,8 +212,11 @@ def parse(ipam: Any, network: str, runtime_config: dict | None = None, args: dic
         raise _err("invalid ipam", "no IP ranges specified (\"ranges\" or \"subnet\")")
     _check_overlaps(sets)
 
+    raw_routes = ipam.get("routes")
+    if raw_routes is not None and not isinstance(raw_routes, list):
+        raise _err("invalid ipam routes", f"\"routes\" must be a list, not {raw_routes!r:.80}")
     try:
-        routes = tuple(parse_route(r) for r in ipam.get("routes") or [])
+        routes = tuple(parse_route(r) for r in raw_routes or [])
     except DecodeFailure as e:
         raise _err("invalid ipam routes", e.details) from None
 

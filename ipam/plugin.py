@@ -28,7 +28,9 @@ class IPAMPlugin:
         return service.add(_conf(req), req.container_id, req.ifname)
 
     def delete(self, req: Request) -> None:
-        service.delete(_conf(req), req.container_id, req.ifname)
+        # only where the reservations are: a section ADD would refuse can still be released
+        service.delete(config.locate(req.config.get("ipam"), str(req.config.get("name"))),
+                       req.container_id, req.ifname)
 
     def check(self, req: Request) -> None:
         prev = req.config.get("prevResult")

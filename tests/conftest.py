@@ -36,6 +36,9 @@ def _machine_run_dir_untouched():
 def _logs_in_tmp(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("logs") / "pycni.log")
     os.environ["PYCNI_LOG_FILE"] = path
+    # calls that inherit the environment (pycni exec's plugins) look for a helper, and put their
+    # attachment locks, in the test run's own directory, never in the machine's /run/pycni
+    os.environ["PYCNI_HELPER_SOCKET"] = str(tmp_path_factory.mktemp("run") / "helper.sock")
     from cni.spec.log import log
 
     log.configure(path=path)

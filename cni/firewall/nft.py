@@ -134,7 +134,13 @@ def elements(spec: FirewallSpec) -> list[tuple[str, str, str]]:
         if spec.masquerade:
             out += [(f"masq{fam}", str(a.ip), "") for a in pods]
             out += [(f"podnets{fam}", str(a.network), "") for a in pods]
-    return list(dict.fromkeys(out))
+    # one element per key: two mappings of one host port (same protocol and host address) in one
+    # ADD would be two map elements with one key, which nft refuses as a whole (EEXIST); the first
+    # mapping wins, as the first of two DNAT rules does on iptables
+    first: dict[tuple[str, str], str] = {}
+    for name, key, data in out:
+        first.setdefault((name, key), data)
+    return [(name, key, data) for (name, key), data in first.items()]
 
 
 def _element(name: str, key: str, data: str, comment: str | None) -> str:

@@ -300,7 +300,8 @@ def test_concurrent_adds_on_a_fresh_node(node):
     procs = []
     for i, pod in enumerate(pods):
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}", "CNI_NETNS": f"/var/run/netns/{pod}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock")}
         procs.append(subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env))
     outs = [json.loads(p.communicate(json.dumps(conf).encode())[0]) for p in procs]

@@ -118,3 +118,17 @@ def test_a_repeated_add_never_frees_the_first_adds_address(node):
     assert node.reservations("testnet") == kept
     assert node.pycni("DEL", conf, pod, cid="twice").rc == 0
     assert node.reservations("testnet") == []
+
+
+def test_del_releases_when_the_ipam_routes_are_not_a_list(node):
+    """The fuzzer's DEL with `"routes": true` answered 999 ("'bool' object is not iterable") and
+    kept the reservation: ADD now refuses such a config with code 7, and DEL, which needs only where
+    the reservations live, releases."""
+    pod = node.pod()
+    conf = netconf(node)
+    assert node.pycni("ADD", conf, pod, cid="r").rc == 0
+    broken = {**conf, "ipam": {**conf["ipam"], "routes": True}}
+    bad = node.pycni("ADD", broken, node.pod(), cid="r2")
+    assert bad.rc != 0 and bad.code == 7 and "routes" in bad.out["details"], bad.out
+    assert node.pycni("DEL", broken, pod, cid="r").rc == 0
+    assert node.reservations("testnet") == []

@@ -202,7 +202,8 @@ def test_concurrent_adds_keep_every_rule(world):
         conf = {**world.conf(ipMasq=True), "runtimeConfig": {"portMappings": [
             {"hostPort": 9000 + i, "containerPort": 80}]}}
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"p{i}", "CNI_NETNS": f"/var/run/netns/{pod}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               "PYCNI_HELPER_SOCKET": str(world.node.tmp / "helper.sock")}
         p = subprocess.Popen(["ip", "netns", "exec", world.node.name, str(BIN / "pycni")],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         p.stdin.write(json.dumps(conf).encode())
@@ -283,3 +284,15 @@ def test_nft_program_and_library_make_the_same_rules(node, add_by, del_by):
         assert "pycni testnet" not in sh("nft", "list", "table", "inet", "pycni", ns=node.name)
     finally:
         w.close()
+
+
+def test_two_mappings_of_one_host_port_in_one_add_the_first_wins(world):
+    """A pod that maps the same protocol and host port twice (the fuzzer found nftables refusing
+    the whole ADD with code 999): the first mapping serves, as the first DNAT rule does on
+    iptables, and DEL leaves nothing."""
+    pod, conf, res = world.add_pod("dup", [{"hostPort": 8080, "containerPort": 80},
+                                           {"hostPort": 8080, "containerPort": 81}])
+    assert world.ask(world.client, "tcp", "192.0.2.2", 8080) == "dup 192.0.2.1"
+    assert world.node.pycni("CHECK", {**conf, "prevResult": res}, pod, cid="dup").rc == 0
+    assert world.node.pycni("DEL", {**conf, "prevResult": res}, pod, cid="dup").rc == 0
+    assert "pycni testnet/dup" not in dump_rules(world)
