@@ -30,6 +30,7 @@ BIN = Path(sys.executable).parent
 REF = Path("/usr/lib/cni")
 
 from cni.tools.driver import plugin_config  # noqa: E402
+from node_namespace import run_inside  # noqa: E402
 
 
 def netlists(work: Path) -> dict[str, dict]:
@@ -291,20 +292,10 @@ def main() -> None:
         BIN = Path(args.bin_dir).resolve()
     if args.inside:
         return run_all(args)
-    node = f"{args.prefix}-node"
-    try:
-        subprocess.run(["ip", "netns", "add", node], check=True)
-        subprocess.run(["ip", "netns", "exec", node, "ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", node, sys.executable, __file__, "--inside", "--pods", str(args.pods),
-                        "--concurrent", str(args.concurrent), "--growth", ",".join(map(str, args.growth)),
-                        "--rounds", str(args.rounds), "--prefix", args.prefix] + (["--helper"] if args.helper else [])
-                       + (["--bin-dir", str(BIN)] if args.bin_dir else []),
-                       check=True)
-    finally:
-        subprocess.run(["ip", "netns", "del", node], stderr=subprocess.DEVNULL)
-        for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith(args.prefix):
-                subprocess.run(["ip", "netns", "del", line.split()[0]], stderr=subprocess.DEVNULL)
+    run_inside(__file__, args.prefix,
+               ["--pods", str(args.pods), "--concurrent", str(args.concurrent), "--growth",
+                ",".join(map(str, args.growth)), "--rounds", str(args.rounds)]
+               + (["--helper"] if args.helper else []) + (["--bin-dir", str(BIN)] if args.bin_dir else []))
 
 
 if __name__ == "__main__":

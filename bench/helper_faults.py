@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from node_namespace import run_inside
+
 BIN = Path(sys.executable).parent
 
 
@@ -183,17 +185,7 @@ def main() -> None:
         BIN = Path(args.bin_dir).absolute()
     if args.inside:
         return inside(args)
-    node = f"{args.prefix}-node"
-    try:
-        subprocess.run(["ip", "netns", "add", node], check=True)
-        subprocess.run(["ip", "netns", "exec", node, "ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", node, sys.executable, __file__, "--inside", "--rounds",
-                        str(args.rounds), "--prefix", args.prefix, "--bin-dir", str(BIN)], check=True)
-    finally:
-        subprocess.run(["ip", "netns", "del", node], stderr=subprocess.DEVNULL)
-        for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith(args.prefix):
-                subprocess.run(["ip", "netns", "del", line.split()[0]], stderr=subprocess.DEVNULL)
+    run_inside(__file__, args.prefix, ["--rounds", str(args.rounds), "--bin-dir", str(BIN)])
 
 
 if __name__ == "__main__":
