@@ -346,42 +346,12 @@ def setup(spec: FirewallSpec) -> None:
 
 def teardown_start(spec: FirewallSpec):
     """Start the delete transaction; the returned function waits for it and, if it failed (rules
-    unknown or changed), finds the attachment's elements by their comment and deletes those."""
+    unknown or changed), finds the attachment's elements by their comment and deletes those. The
+    transaction runs in a thread (libnftables, or the nft program with its deadline) while the
+    caller deletes the veth, a kernel wait of 16-30 ms in which the GIL is free."""
     script = render_delete(spec) if spec.pod_ips and (spec.mappings or spec.masquerade) else ""
-    if script.strip() and _library() is not None:
-        return _teardown_in_thread(spec, script)
-    import subprocess
-
-    proc = None
-    if script.strip():
-        try:
-            from cni.linux.children import tied_to_me
-
-            proc = subprocess.Popen(["nft", "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, preexec_fn=tied_to_me())
-            proc.stdin.write(script.encode())
-            proc.stdin.close()
-        except OSError as e:        # finish() tries again by comment, and reports what fails there
-            log.warning(f"nftables: could not start the delete transaction: {e}")
-            proc = None
-
-    def finish() -> None:
-        if proc is not None:
-            try:
-                if proc.wait(timeout=NFT_TIMEOUT) == 0 and spec.exhaustive:
-                    return
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                log.warning(f"nftables: delete transaction killed after {NFT_TIMEOUT:g}s")
-        _teardown_by_comment(spec)
-
-    return finish
-
-
-def _teardown_in_thread(spec: FirewallSpec, script: str):
-    """The delete transaction through libnftables in a thread, while the caller deletes the veth
-    (a kernel wait of ~30 ms in which the GIL is free)."""
+    if not script.strip():
+        return lambda: _teardown_by_comment(spec)
     import threading
 
     outcome: list = []

@@ -104,10 +104,7 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
         raise ConnectionError("the helper is of another build" if msg == NOT_MINE
                               else "the helper did not acknowledge the call")
     try:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the helper did not take the call in time")
-        sock.settimeout(remaining)
+        sock.settimeout(_left(deadline))
         sock.sendall(GO)
     except BaseException:
         os.close(fds[0])
@@ -115,30 +112,32 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
     return fds[0]
 
 
-def _send_request(sock: _socket.socket, path: str, request: bytes, deadline: float) -> None:
-    def left() -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the helper did not take the call in time")
-        return remaining
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`; TimeoutError once it has passed (the call is not handed over)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the helper did not take the call in time")
+    return remaining
 
-    sock.settimeout(left())
+
+def _send_request(sock: _socket.socket, path: str, request: bytes, deadline: float) -> None:
+    sock.settimeout(_left(deadline))
     sock.connect(path)
     # the call runs where we are: in our network and mount namespaces (paths resolve as here)
     netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            sock.settimeout(left())
+            sock.settimeout(_left(deadline))
             sock.sendmsg([struct.pack("!I", len(request))],
                          [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("2i", netns, mntns))])
         finally:
             os.close(mntns)
     finally:
         os.close(netns)
-    sock.settimeout(left())
+    sock.settimeout(_left(deadline))
     sock.sendall(request)
-    sock.settimeout(left())
+    sock.settimeout(_left(deadline))
 
 
 def _is_socket(path: str) -> bool:
