@@ -30,7 +30,6 @@ class HelperHost:
     def __init__(self, exe: Path, socket: str, clock=time.monotonic):
         self.exe, self.socket, self.clock = exe, socket, clock
         self.proc: subprocess.Popen | None = None
-        self.starts = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="pycni-helper", daemon=True)
 
@@ -49,7 +48,6 @@ class HelperHost:
                 log.error(f"agent: cannot start the helper {self.exe}: {e}")
                 _say(f"cannot start the helper {self.exe}: {e}")
             else:
-                self.starts += 1
                 _say(f"helper started (pid {self.proc.pid}, {self.socket})")
                 code = self.proc.wait()
                 if self._stopping.is_set():

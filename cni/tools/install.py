@@ -139,7 +139,6 @@ def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES
         tmp.mkdir()
         shutil.copy2(bundle / EXE, tmp / EXE)
         shutil.copytree(bundle / "_internal", tmp / "_internal", symlinks=True)
-        _write_launcher(tmp, Path(node_bin_dir or bin_dir).absolute() / STORE / build)
         _sync_tree(tmp)
         try:
             os.rename(tmp, target)
@@ -151,6 +150,7 @@ def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES
     if LOOPBACK in names and _ours_or_absent(bin_dir / LOOPBACK):
         ours.append(LOOPBACK)
     previous = {_link_build(bin_dir / n) for n in ours} - {None, build}
+    # written (or rewritten for another node path) here, for a new build and a present one alike
     launch = _write_launcher(target, Path(node_bin_dir or bin_dir).absolute() / STORE / build)
     relative = f"{STORE}/{build}/{LAUNCHER if launch else EXE}"
     for name in ours:
