@@ -36,6 +36,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cluster-cidr", action="append", default=[],
                    help="the cluster's pod subnet(s), e.g. kind's podSubnet (repeatable or comma-separated)")
     p.add_argument("--no-masquerade", action="store_true")
+    p.add_argument("--no-network-policy", action="store_true",
+                   help="do not enforce NetworkPolicy (on by default with the API; needs nftables)")
+    p.add_argument("--policy-dir", default="/run/pycni/policy",
+                   help="network policy state shared with the plugin (keep it on tmpfs)")
     p.add_argument("--helper", nargs="?", const="/run/pycni/helper.sock", metavar="SOCKET",
                    help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
                         "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
@@ -73,7 +77,7 @@ def run(args) -> int:
     opts = Options(network=args.network, bridge=args.bridge, data_dir=args.data_dir, mtu=args.mtu,
                    cluster_cidrs=tuple(ipaddress.ip_network(c.strip()) for arg in args.cluster_cidr
                                        for c in arg.split(",") if c.strip()),
-                   masquerade=not args.no_masquerade)
+                   masquerade=not args.no_masquerade, policy_dir=_policy_dir(args))
     _install(args)
     conf_dir = Path(args.conf_dir)
 
@@ -87,13 +91,39 @@ def run(args) -> int:
             if helper is not None:
                 signal.pause()      # a one-shot sync that hosts the helper: until stopped
             return 0
-        from cni.agent.watch import follow
+        from cni.agent.watch import follow, load_config
 
+        if opts.policy_dir:
+            from cni.agent.policy import loop
+
+            load_config(args.kubeconfig)
+            loop.start(args.node_name, opts.policy_dir)
         follow(on_change, args.kubeconfig)
         return 0
     finally:
         if helper is not None:
             helper.stop()
+
+
+def _policy_dir(args) -> str | None:
+    """Where policy state lives when this agent enforces NetworkPolicy, else None (and why not,
+    said once, plainly: a node that cannot enforce them all enforces none)."""
+    from cni.agent.policy import enforce
+
+    if args.no_network_policy:
+        if os.path.exists(os.path.join(args.policy_dir, "enforcing")):
+            enforce.disable(args.policy_dir)
+            print("agent: network policy turned off: table removed", flush=True)
+        return None
+    if args.nodes_file:
+        print("agent: network policy needs the API (not enforced with --nodes-file)", flush=True)
+        return None
+    why = enforce.preconditions()
+    if why is not None:
+        log.error(f"agent: NetworkPolicy is NOT enforced on this node: {why}")
+        print(f"agent: NetworkPolicy is NOT enforced on this node: {why}", flush=True)
+        return None
+    return args.policy_dir
 
 
 def _host_helper(args):

@@ -56,6 +56,7 @@ class Options:
     mtu: int | None = None
     cluster_cidrs: tuple[IPNetwork, ...] = ()   # e.g. kind's podSubnet; nodes' podCIDRs are added
     masquerade: bool = True
+    policy_dir: str | None = None              # NetworkPolicy enforced: the plugin's state dir
 
 
 def conflist(me: NodeInfo, opts: Options) -> dict:
@@ -77,6 +78,8 @@ def conflist(me: NodeInfo, opts: Options) -> dict:
     }
     if opts.mtu:
         bridge["mtu"] = opts.mtu
+    if opts.policy_dir:
+        bridge["networkPolicy"] = opts.policy_dir
     return {"cniVersion": "1.0.0", "name": opts.network, "plugins": [bridge]}
 
 

@@ -43,6 +43,7 @@ class NetConf:
     args: Mapping[str, Any] = field(default_factory=dict)
     port_mappings: tuple[PortMapping, ...] = ()
     firewall: FirewallOptions = FirewallOptions()
+    policy_dir: str = ""            # networkPolicy: the state directory shared with the agent
     complete: bool = True           # False: parsed leniently for DEL, options may be missing
 
     @property
@@ -133,6 +134,7 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         args=args,
         port_mappings=parse_mappings(runtime_config.get("portMappings")),
         firewall=parse_options(conf),
+        policy_dir=string(conf, "networkPolicy", ""),
     )
 
 
@@ -164,5 +166,6 @@ def parse_for_delete(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None
         runtime_config=lenient(lambda: mapping(conf, "runtimeConfig"), {}),
         args=lenient(lambda: mapping(conf, "args"), {}),
         firewall=lenient(lambda: parse_options(conf), FirewallOptions()),
+        policy_dir=lenient(lambda: string(conf, "networkPolicy", ""), ""),
         complete=False,
     )

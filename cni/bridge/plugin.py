@@ -116,6 +116,12 @@ class BridgePlugin:
                 firewall.setup(spec)
                 if conf.port_mappings and conf.firewall.snat and spec.ips(4):
                     firewall.enable_route_localnet(conf.bridge)
+            if conf.policy_dir:
+                from cni.firewall import policy
+
+                undo.callback(_undo, policy.forget, conf.policy_dir, conf.name, req.container_id, req.ifname)
+                policy.admit(conf.policy_dir, conf.name, req.container_id, req.ifname, req.args,
+                             [ip.address.ip for ip in ipam.ips])
             undo.pop_all()
 
         out = Result(
@@ -147,6 +153,11 @@ class BridgePlugin:
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
         problems.run("delete the host veth", _delete_host_veth, conf, req)
+        if conf.policy_dir:     # before the addresses are released: a reused one starts clean
+            from cni.firewall import policy
+
+            problems.run("leave network policy sets", policy.forget, conf.policy_dir, conf.name,
+                         req.container_id, req.ifname)
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
         if conf.ipam_type:

@@ -110,7 +110,9 @@ def test_daemonset_contract():
     assert {"operator": "Exists"} in pod["tolerations"]
     assert ("ServiceAccount", pod["serviceAccountName"]) in objs
     rules = objs[("ClusterRole", "pycni")]["rules"]
-    assert any("nodes" in r["resources"] and {"get", "list", "watch"} <= set(r["verbs"]) for r in rules)
+    for group, kind in (("", "nodes"), ("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies")):
+        assert any(group in r["apiGroups"] and kind in r["resources"] and {"list", "watch"} <= set(r["verbs"])
+                   for r in rules), kind
     binding = objs[("ClusterRoleBinding", "pycni")]
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
     (agent,) = pod["containers"]
@@ -125,6 +127,8 @@ def test_daemonset_contract():
     args = dict(a.removeprefix("--").split("=", 1) for a in agent["args"])
     assert args["bin-dir"] == host["/opt/cni/bin"] and args["conf-dir"] == host["/etc/cni/net.d"]
     assert args["data-dir"].startswith(host["/run/pycni"])           # IPAM data on the node's tmpfs
+    assert args["policy-dir"].startswith(host["/run/pycni"] + "/")   # policy state too; on by default
+    assert "no-network-policy" not in args
     # the helper runs the installed build at the node's own path (same build identity, same files
     # after its child enters the caller's mount namespace) and listens where the node's plugin looks
     assert host["/opt/cni/bin"] == "/opt/cni/bin"

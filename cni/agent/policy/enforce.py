@@ -1,0 +1,150 @@
+"""The agent's I/O for NetworkPolicy: one `sync` = under the state directory's lock, read what
+the plugin recorded (the addresses of this node's pods, known at ADD before the API has them),
+compile, replace the table in one nft transaction, then rewrite what the plugin reads at ADD
+(pods/, open-namespaces/) and the element lists of the records. See cni/firewall/policy.py for
+the layout.
+
+`preconditions()` says why this node cannot enforce (the agent then enforces nothing: never half).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import time
+from typing import Iterable, Mapping
+
+from cni.spec.log import log
+from cni.agent.policy.compile import Compiled, compile_policies, render
+from cni.agent.policy.objects import Pod, Policy
+from cni.firewall.policy import PENDING, TABLE, Locked, elements_of, read_json, write_json
+
+BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+
+
+def preconditions() -> str | None:
+    """None when policies can be enforced on this node, else the reason they cannot."""
+    from cni.firewall.rules import IPT, resolve
+
+    backend, why = resolve("auto")
+    if backend == IPT:
+        return f"this node's firewall is legacy iptables ({why}); pycni enforces NetworkPolicy with nftables only"
+    for path in BRIDGE_NF:    # bridged pod-to-pod packets must pass the inet forward hook
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            with open(path, "w") as f:      # /proc/sys may be read-only in a container: then say so
+                f.write("1")
+        except OSError as e:
+            return f"bridged traffic cannot be filtered: {path}: {e.strerror} (needs br_netfilter, set to 1)"
+    return None
+
+
+def _records(state_dir: str) -> dict[str, dict]:
+    base = os.path.join(state_dir, "attachments")
+    out = {}
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.endswith(".tmp"):
+            continue
+        rec = read_json(os.path.join(base, name))
+        if isinstance(rec, dict) and isinstance(rec.get("pod"), list) and len(rec["pod"]) == 2:
+            out[name] = rec
+    return out
+
+
+def _write_if_changed(path: str, value) -> bool:
+    if read_json(path) == value:
+        return False
+    write_json(path, value)
+    return True
+
+
+def _sync_dir(base: str, want: Mapping[str, object]) -> None:
+    """Make `base/<ns>/<name>` (pods) hold exactly `want` ("ns/name": JSON value)."""
+    for key, value in want.items():
+        _write_if_changed(os.path.join(base, key), value)
+    if not os.path.isdir(base):
+        return
+    for ns in os.listdir(base):
+        d = os.path.join(base, ns)
+        for name in os.listdir(d):
+            if f"{ns}/{name}" not in want:
+                os.unlink(os.path.join(d, name))
+        if not os.listdir(d):
+            os.rmdir(d)
+
+
+def _sync_markers(base: str, names: Iterable[str]) -> None:
+    names = set(names)
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    for n in names - set(os.listdir(base)):
+        open(os.path.join(base, n), "wb").close()
+    for n in set(os.listdir(base)) - names:
+        os.unlink(os.path.join(base, n))
+
+
+@dataclasses.dataclass
+class Outcome:
+    compiled: Compiled
+    pending: int
+    seconds: float
+
+
+def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
+         namespaces: Mapping[str, Mapping[str, str]]) -> Outcome:
+    from cni.firewall import nft
+
+    started = time.monotonic()
+    with Locked(state_dir):
+        records = _records(state_dir)
+        recorded: dict[tuple[str, str], list] = {}
+        for rec in records.values():
+            ips = recorded.setdefault(tuple(rec["pod"]), [])
+            ips += [ipaddress.ip_address(a) for a in rec.get("ips") or () if a not in map(str, ips)]
+        known = {p.key: p for p in pods}
+        merged = [dataclasses.replace(p, ips=tuple(recorded[p.key]), node=node) if p.key in recorded else p
+                  for p in pods]
+        unknown = {k for k in recorded if k not in known}
+        pending: dict[int, list[str]] = {4: [], 6: []}
+        for k in unknown:
+            for ip in recorded[k]:
+                pending[ip.version].append(str(ip))
+        compiled = compile_policies(policies, merged, namespaces, node)
+        nft.transaction(render(compiled, TABLE, pending))
+        open(os.path.join(state_dir, "enforcing"), "wb").close()
+
+        local = [p for p in merged if p.node == node]
+        _sync_dir(os.path.join(state_dir, "pods"),
+                  {f"{p.namespace}/{p.name}": [list(m) for m in compiled.members.get(p.key, [])] for p in local})
+        _sync_markers(os.path.join(state_dir, "open-namespaces"),
+                      set(namespaces) - compiled.isolating_namespaces)
+        for name, rec in records.items():
+            key = tuple(rec["pod"])
+            members = compiled.members.get(key, []) if key in known else PENDING
+            elements = elements_of(members, [ipaddress.ip_address(a) for a in rec.get("ips") or ()])
+            if rec.get("elements") != elements:
+                write_json(os.path.join(state_dir, "attachments", name), {**rec, "elements": elements})
+    out = Outcome(compiled, sum(map(len, pending.values())), time.monotonic() - started)
+    log.info(f"agent: network policy: {compiled.policies} policies on this node, "
+             f"{compiled.rule_count()} rules, {compiled.element_count()} elements, "
+             f"{out.pending} pending addresses, {out.seconds * 1000:.0f} ms")
+    return out
+
+
+def disable(state_dir: str) -> None:
+    """Policies off (--no-network-policy after they were on): remove the table and the marker, so
+    the plugin stops adding elements and nothing is filtered."""
+    from cni.firewall import nft
+
+    with Locked(state_dir):
+        try:
+            os.unlink(os.path.join(state_dir, "enforcing"))
+        except FileNotFoundError:
+            pass
+        nft.transaction(f"add table {TABLE}\ndelete table {TABLE}\n")

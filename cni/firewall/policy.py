@@ -1,0 +1,140 @@
+"""The plugin's half of NetworkPolicy: at ADD a pod's addresses join the nftables sets the agent
+computed for it, before the ADD returns (so the pod is enforced from its first packet and
+reachable as its policies allow without waiting for the API to publish its address); at DEL they
+leave them, so a reused address never inherits a former pod's verdicts.
+
+The state directory (`networkPolicy` in the config, the agent's `--policy-dir`, default
+/run/pycni/policy) is shared with the agent, under one flock (`lock`):
+
+    enforcing               exists while the agent's table (TABLE) is in place
+    pods/<ns>/<name>        the sets a pod belongs to, [[family, set, suffix], ...] (agent-written)
+    open-namespaces/<ns>    the namespace exists and no policy is in it (agent-written)
+    attachments/<hash>      what ADD added for an attachment: pod, addresses, elements (plugin-
+                            written; the agent rewrites the elements whenever it changes them)
+
+A pod the agent has not classified yet goes to the `pending` sets (denied both ways) unless its
+namespace is open: enforcement fails closed. Nothing happens for a call without
+K8S_POD_NAMESPACE/K8S_POD_NAME (not a Kubernetes pod: no policy can select it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cni.spec import jsonio, names
+from cni.spec.errors import CNIError, TryAgainLater
+from cni.spec.log import log
+
+TABLE = "inet pycni-policy"
+DEFAULT_DIR = "/run/pycni/policy"
+LOCK_WAIT = 30.0
+PENDING = ((4, "pending4", ""), (6, "pending6", ""))
+
+
+def safe_name(text: str) -> bool:
+    """A Kubernetes object name fit to be one path component."""
+    return bool(text) and len(text) <= 253 and "/" not in text and text not in (".", "..") \
+        and "\0" not in text
+
+
+def record_name(network: str, container_id: str, ifname: str) -> str:
+    return names.attachment_hash(network, container_id, ifname)
+
+
+class Locked:
+    """The state directory's flock, held for one read-modify-apply."""
+
+    def __init__(self, state_dir: str, wait: float = LOCK_WAIT):
+        self.dir, self.wait = state_dir, wait
+        self.fd = -1
+
+    def __enter__(self) -> "Locked":
+        from cni.linux import flock
+
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if not flock.acquire(self.fd, self.wait):
+            os.close(self.fd)
+            raise TryAgainLater("network policy state is busy", f"waited {self.wait:.0f} s for {self.dir}/lock")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def read_json(path: str):
+    try:
+        with open(path, "rb") as f:
+            return jsonio.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        log.warning(f"network policy: unreadable {path}: {e}")
+        return None
+
+
+def write_json(path: str, value) -> None:
+    """Atomic replace: a reader sees the old file or the new one."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(jsonio.dumps(value).encode())
+    os.replace(tmp, path)
+
+
+def elements_of(members, ips) -> list[list[str]]:
+    return [[s, f"{ip}{suffix}"] for fam, s, suffix in members for ip in ips if ip.version == fam]
+
+
+def render_add(elements) -> str:
+    return "".join(f"add element {TABLE} {s} {{ {e} }}\n" for s, e in elements)
+
+
+def render_remove(elements) -> str:
+    """Re-add, then delete: the transaction succeeds whether or not an element is still there."""
+    return "".join(f"add element {TABLE} {s} {{ {e} }}\ndelete element {TABLE} {s} {{ {e} }}\n"
+                   for s, e in elements)
+
+
+def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ips) -> None:
+    ns, pod = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
+    if not (safe_name(ns) and safe_name(pod)) or not ips:
+        return
+    from cni.firewall import nft
+
+    with Locked(state_dir):
+        members = read_json(os.path.join(state_dir, "pods", ns, pod))
+        if not isinstance(members, list):
+            open_ns = os.path.exists(os.path.join(state_dir, "open-namespaces", ns))
+            members = [] if open_ns else PENDING
+        elements = elements_of(members, ips)
+        write_json(os.path.join(state_dir, "attachments", record_name(network, container_id, ifname)),
+                   {"pod": [ns, pod], "ips": [str(ip) for ip in ips], "elements": elements})
+        if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
+            proc = nft.transaction(render_add(elements), check=False)
+            if proc.returncode != 0:
+                raise CNIError("cannot apply network policy to the pod",
+                               f"{TABLE}: {proc.stderr.decode(errors='replace').strip()[:500]}")
+        log.info(f"network policy: {ns}/{pod} in {len(elements)} set elements"
+                 + (" (pending: not classified yet)" if members is PENDING else ""))
+
+
+def forget(state_dir: str, network: str, container_id: str, ifname: str) -> None:
+    path = os.path.join(state_dir, "attachments", record_name(network, container_id, ifname))
+    if not os.path.exists(path):
+        return
+    from cni.firewall import nft
+
+    with Locked(state_dir):
+        record = read_json(path) or {}
+        elements = record.get("elements") or [] if isinstance(record, dict) else []
+        if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
+            proc = nft.transaction(render_remove(elements), check=False)
+            if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
+                log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
+                for element in elements:
+                    nft.transaction(render_remove([element]), check=False)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
