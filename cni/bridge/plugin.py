@@ -152,12 +152,15 @@ class BridgePlugin:
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
-        problems.run("delete the host veth", _delete_host_veth, conf, req)
+        finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
             from cni.firewall import policy
 
-            problems.run("leave network policy sets", policy.forget, conf.policy_dir, conf.name,
-                         req.container_id, req.ifname)
+            finish_policy = problems.run("leave network policy sets", policy.forget_start, conf.policy_dir,
+                                         conf.name, req.container_id, req.ifname)
+        problems.run("delete the host veth", _delete_host_veth, conf, req)
+        if finish_policy is not None:
+            problems.run("leave network policy sets", finish_policy)
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
         if conf.ipam_type:

@@ -24,7 +24,10 @@ from __future__ import annotations
 from cni.spec import jsonio
 from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
-from cni.firewall.rules import FirewallSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # annotations only: the policy path uses `transaction` without the port-map rules
+    from cni.firewall.rules import FirewallSpec
 
 TABLE = "inet pycni"
 NFT_TIMEOUT = 20.0      # seconds for one nft child; runtimes give a whole CNI call minutes

@@ -119,22 +119,50 @@ def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ip
                  + (" (pending: not classified yet)" if members is PENDING else ""))
 
 
-def forget(state_dir: str, network: str, container_id: str, ifname: str) -> None:
+def forget_start(state_dir: str, network: str, container_id: str, ifname: str):
+    """Start removing the attachment's elements; returns `finish()`, which waits for that and
+    drops the record. The kernel takes ~12 ms to commit element deletions (it waits for readers
+    of the set to move on): started before the veth is deleted, the two waits overlap."""
     path = os.path.join(state_dir, "attachments", record_name(network, container_id, ifname))
     if not os.path.exists(path):
-        return
+        return lambda: None
     from cni.firewall import nft
 
-    with Locked(state_dir):
-        record = read_json(path) or {}
-        elements = record.get("elements") or [] if isinstance(record, dict) else []
+    lock = Locked(state_dir).__enter__()
+    try:
+        record = read_json(path)
+        elements = (record.get("elements") or []) if isinstance(record, dict) else []
+        worker = None
         if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
-            proc = nft.transaction(render_remove(elements), check=False)
-            if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
-                log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
-                for element in elements:
-                    nft.transaction(render_remove([element]), check=False)
+            import threading
+
+            def remove() -> None:
+                proc = nft.transaction(render_remove(elements), check=False)
+                if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
+                    log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
+                    for element in elements:
+                        nft.transaction(render_remove([element]), check=False)
+
+            nft._library()                  # loaded here, not raced by two threads
+            worker = threading.Thread(target=remove, name="policy-del")
+            worker.start()
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+
+    def finish() -> None:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            if worker is not None:
+                worker.join()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        finally:
+            lock.__exit__(None, None, None)
+
+    return finish
+
+
+def forget(state_dir: str, network: str, container_id: str, ifname: str) -> None:
+    forget_start(state_dir, network, container_id, ifname)()

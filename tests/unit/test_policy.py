@@ -92,8 +92,12 @@ def test_rules_do_not_grow_with_pods_elements_do():
         return compile_policies(policies, pods, {"x": {}}, "n1")
 
     small, large = compiled(10), compiled(500)
-    assert small.rule_count() == large.rule_count() == 4      # (numbered, named) x (v4, v6)
-    assert large.element_count() == small.element_count() + 4 * 490    # iso, sel, peer, named
+    # (numbered, named) for IPv4; no IPv6 rules: no pod has an IPv6 address, so none could match
+    assert small.rule_count() == large.rule_count() == 2
+    # per pod: ingress_iso, pol0_sel = r0i0_pods (the same content: one set), the named port
+    assert large.element_count() == small.element_count() + 3 * 490
+    assert set(small.sets) == {"pending4", "ingress_iso4", "egress_iso4", "pending6", "ingress_iso6",
+                               "egress_iso6", "pol0_sel4", "r0i0_ports", "r0i0_named4"}
     assert "tcp . 80" in small.sets["r0i0_ports"][1]
     assert "10.244.0.2 . tcp . 8080" in small.sets["r0i0_named4"][1]
 

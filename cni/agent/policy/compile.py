@@ -33,6 +33,7 @@ from typing import Iterable, Mapping
 from cni.agent.policy.objects import NAME_LABEL, Peer, Pod, Policy, Port, Rule
 
 FAMILIES = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
+FIXED_SETS = ("pending4", "ingress_iso4", "egress_iso4", "pending6", "ingress_iso6", "egress_iso6")
 Member = tuple[int, str, str]         # (family, set, element suffix after the address)
 
 
@@ -57,6 +58,16 @@ class _Builder:
         self.local = local
         self.out = Compiled()
         self._elements: dict[str, dict[str, None]] = {}
+        self._members: dict[tuple[str, str], dict[Member, None]] = {}
+        self._texts: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        self.memo: dict[tuple, str] = {}        # what a set holds -> the set that holds it
+
+    def _addresses(self, pod: Pod, v: int) -> list[str]:
+        texts = self._texts.get(pod.key)
+        if texts is None:
+            texts = self._texts[pod.key] = ([str(ip) for ip in pod.ips if ip.version == 4],
+                                            [str(ip) for ip in pod.ips if ip.version == 6])
+        return texts[0] if v == 4 else texts[1]
 
     def declare(self, name: str, declaration: str) -> str:
         if name not in self._elements:
@@ -68,18 +79,54 @@ class _Builder:
         self._elements[name][text] = None
 
     def pod(self, name: str, v: int, pod: Pod, suffix: str = "") -> None:
-        for ip in pod.ips:
-            if ip.version == v:
-                self.element(name, f"{ip}{suffix}")
-        if pod.key in self.local:
-            members = self.out.members.setdefault(pod.key, [])
-            if (v, name, suffix) not in members:
-                members.append((v, name, suffix))
+        texts = self._addresses(pod, v)
+        elements = self._elements[name]
+        for text in texts:
+            elements[text + suffix] = None
+        # a pod of this node is a member for the families it has, or both while it has no address
+        if pod.key in self.local and (texts or not pod.ips):
+            self._members.setdefault(pod.key, {})[(v, name, suffix)] = None
 
     def done(self) -> Compiled:
-        for name, (decl, _) in self.out.sets.items():
-            self.out.sets[name] = (decl, list(self._elements[name]))
-        return self.out
+        """Sets that can never match (no element, and no pod of this node that the plugin may add)
+        take their rules with them; sets equal in content (declaration, elements, and the pods of
+        this node in them) become one. Fewer sets is a smaller cache for nft to load at every ADD."""
+        out = self.out
+        in_set: dict[str, list] = {name: [] for name in out.sets}
+        for key, members in self._members.items():
+            for v, name, suffix in members:
+                in_set[name].append((key, v, suffix))
+        rename: dict[str, str | None] = {}
+        canonical: dict[tuple, str] = {}
+        for name, (decl, _) in out.sets.items():
+            elements = self._elements[name]
+            if name in FIXED_SETS:
+                rename[name] = name
+            elif not elements and not in_set[name]:
+                rename[name] = None
+            else:
+                signature = (decl, tuple(sorted(elements)), tuple(sorted(in_set[name])))
+                rename[name] = canonical.setdefault(signature, name)
+
+        def rewrite(rule: str) -> str | None:
+            words = rule.split(" ")
+            for i, w in enumerate(words):
+                if w.startswith("@"):
+                    target = rename[w[1:]]
+                    if target is None:
+                        return None
+                    words[i] = "@" + target
+            return " ".join(words)
+
+        out.ingress = [r for r in map(rewrite, out.ingress) if r is not None]
+        out.egress = [r for r in map(rewrite, out.egress) if r is not None]
+        used = set(FIXED_SETS) | {w[1:] for r in out.ingress + out.egress for w in r.split(" ") if w.startswith("@")}
+        out.sets = {name: (decl, list(self._elements[name])) for name, (decl, _) in out.sets.items() if name in used}
+        for key, members in self._members.items():
+            kept = {(v, rename[name], suffix): None for v, name, suffix in members if rename[name] in used}
+            if kept:
+                out.members[key] = list(kept)
+        return out
 
 
 class _Cluster:
@@ -129,6 +176,8 @@ def _port_ranges(ports: Iterable[Port]) -> list[str]:
 
 def _named(pod: Pod, ports: Iterable[Port]) -> list[str]:
     """The suffixes ` . proto . number` of `pod`'s container ports named by `ports`."""
+    if not pod.ports:
+        return []
     out = []
     for spec in ports:
         for name, proto, number in pod.ports:
@@ -146,43 +195,53 @@ def _inside(pod: Pod, nets: list) -> bool:
 def _rule(b: _Builder, cluster: _Cluster, pol: Policy, sel: dict[int, str], prefix: str,
           rule: Rule, ingress: bool) -> list[str]:
     """The chain rules of one policy rule. In ingress the peer is the source and named ports are
-    the selected pod's; in egress the peer is the destination and named ports are the peer's."""
+    the selected pod's; in egress the peer is the destination and named ports are the peer's.
+    A set whose content another rule already made (same peers seen from the same namespace, same
+    ports) is that rule's set: policies repeat their peers, and nothing is matched twice."""
     me, peer_dir = ("daddr", "saddr") if ingress else ("saddr", "daddr")
     lines: list[str] = []
-    peer_pods: list[Pod] = []
-    nets: list = []
-    if rule.peers is not None:
-        seen: set[tuple[str, str]] = set()
-        for peer in rule.peers:
-            if peer.block is not None:
-                nets.extend(peer.block)
-            for p in cluster.peer_pods(peer, pol.namespace):
-                if p.key not in seen:
-                    seen.add(p.key)
-                    peer_pods.append(p)
-    has_selectors = rule.peers is not None and any(p.block is None for p in rule.peers)
-    has_blocks = rule.peers is not None and any(p.block is not None for p in rule.peers)
+    peers = rule.peers or ()
+    nets = [n for peer in peers if peer.block is not None for n in peer.block]
+    # the peers' pods depend on the policy's namespace only through peers without namespaceSelector
+    scope = (rule.peers, pol.namespace if any(p.block is None and p.namespaces is None for p in peers) else "")
+    found: list[list[Pod]] = []
+
+    def peer_pods() -> list[Pod]:
+        if not found:
+            seen: dict[tuple[str, str], Pod] = {}
+            for peer in peers:
+                for p in cluster.peer_pods(peer, pol.namespace):
+                    seen.setdefault(p.key, p)
+            found.append(list(seen.values()))
+        return found[0]
+
+    def memo(key: tuple, name: str, decl: str, fill) -> str:
+        if key not in b.memo:
+            b.memo[key] = b.declare(name, decl)
+            fill(b.memo[key])
+        return b.memo[key]
+
+    has_selectors = any(p.block is None for p in peers)
     numbered = [p for p in rule.ports or () if not isinstance(p.port, str)]
-    named = [p for p in rule.ports or () if isinstance(p.port, str)]
+    named = tuple(p for p in rule.ports or () if isinstance(p.port, str))
     ports_set = None
     if numbered:
-        ports_set = b.declare(f"{prefix}_ports", "type inet_proto . inet_service; flags interval;")
-        for e in _port_ranges(numbered):
-            b.element(ports_set, e)
+        ranges = tuple(_port_ranges(numbered))
+        ports_set = memo(("ports", ranges), f"{prefix}_ports", "type inet_proto . inet_service; flags interval;",
+                         lambda s: [b.element(s, e) for e in ranges])
     for v, kw, typ in FAMILIES:
         peer_matches: list[str] = []
         if rule.peers is None:
             peer_matches = [""]
         else:
             if has_selectors:
-                s = b.declare(f"{prefix}_pods{v}", f"type {typ};")
-                for p in peer_pods:
-                    b.pod(s, v, p)
+                s = memo(("pods", v, scope), f"{prefix}_pods{v}", f"type {typ};",
+                         lambda s: [b.pod(s, v, p) for p in peer_pods()])
                 peer_matches.append(f" {kw} {peer_dir} @{s}")
-            if has_blocks:
-                s = b.declare(f"{prefix}_nets{v}", f"type {typ}; flags interval;")
-                for n in ipaddress.collapse_addresses(n for n in nets if n.version == v):
-                    b.element(s, str(n))
+            if nets:
+                blocks = tuple(ipaddress.collapse_addresses(n for n in nets if n.version == v))
+                s = memo(("nets", v, blocks), f"{prefix}_nets{v}", f"type {typ}; flags interval;",
+                         lambda s: [b.element(s, str(n)) for n in blocks])
                 peer_matches.append(f" {kw} {peer_dir} @{s}")
         head = f"{kw} {me} @{sel[v]}"
         if rule.ports is None:
@@ -190,21 +249,28 @@ def _rule(b: _Builder, cluster: _Cluster, pol: Policy, sel: dict[int, str], pref
             continue
         if ports_set:
             lines += [f"{head}{m} meta l4proto . th dport @{ports_set} return" for m in peer_matches]
-        if named:
-            s = b.declare(f"{prefix}_named{v}", f"type {typ} . inet_proto . inet_service;")
-            if ingress:     # the selected pods' own ports, from the peers in peer_matches
+        if not named:
+            continue
+        decl = f"type {typ} . inet_proto . inet_service;"
+        if ingress:     # the selected pods' own ports, from the peers in peer_matches
+            def fill_selected(s: str) -> None:
                 for p in cluster.selected(pol.namespace, pol.selector):
                     if p.key in b.local:
                         for suffix in _named(p, named):
                             b.pod(s, v, p, suffix)
-                lines += [f"{kw} daddr . meta l4proto . th dport @{s}{m} return" for m in peer_matches]
-            else:           # the peers' ports: the set holds only peers, so no other peer match
+
+            s = memo(("inamed", v, pol.namespace, pol.selector, named), f"{prefix}_named{v}", decl, fill_selected)
+            lines += [f"{kw} daddr . meta l4proto . th dport @{s}{m} return" for m in peer_matches]
+        else:           # the peers' ports: the set holds only peers, so no other peer match
+            def fill_peers(s: str) -> None:
                 targets = cluster.pods if rule.peers is None else \
-                    peer_pods + [p for p in cluster.pods if nets and _inside(p, nets)]
+                    peer_pods() + [p for p in cluster.pods if nets and _inside(p, nets)]
                 for p in targets:
                     for suffix in _named(p, named):
                         b.pod(s, v, p, suffix)
-                lines.append(f"{head} {kw} daddr . meta l4proto . th dport @{s} return")
+
+            s = memo(("enamed", v, scope, named), f"{prefix}_named{v}", decl, fill_peers)
+            lines.append(f"{head} {kw} daddr . meta l4proto . th dport @{s} return")
     return lines
 
 
