@@ -34,6 +34,7 @@ class FakeAPI:
         self.cond = threading.Condition()
         self.closed = False
         self.lists: dict[str, int] = {k: 0 for k in self.objects}
+        self.refuse: set[str] = set()     # kinds answered 403 Forbidden (as with RBAC missing)
         sock = _listen(host, netns)
         api = self
 
@@ -119,6 +120,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         kind, list_kind, api_version = PATHS[url.path]
+        if kind in self.fake.refuse:
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": f"{kind} is forbidden"}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if q.get("watch", "").lower() in ("1", "true"):
             self._watch(kind, int(q.get("resourceVersion") or 0), float(q.get("timeoutSeconds") or 300))
