@@ -214,6 +214,10 @@ class BridgePlugin:
         from cni.firewall import rules as firewall
 
         firewall.gc(conf.name, valid)
+        if conf.policy_dir:
+            from cni.firewall import policy
+
+            policy.gc(conf.policy_dir, conf.name, keep)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))
 

@@ -109,7 +109,7 @@ def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ip
             members = [] if open_ns else PENDING
         elements = elements_of(members, ips)
         write_json(os.path.join(state_dir, "attachments", record_name(network, container_id, ifname)),
-                   {"pod": [ns, pod], "ips": [str(ip) for ip in ips], "elements": elements})
+                   {"pod": [ns, pod], "network": network, "ips": [str(ip) for ip in ips], "elements": elements})
         if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
             proc = nft.transaction(render_add(elements), check=False)
             if proc.returncode != 0:
@@ -123,7 +123,11 @@ def forget_start(state_dir: str, network: str, container_id: str, ifname: str):
     """Start removing the attachment's elements; returns `finish()`, which waits for that and
     drops the record. The kernel takes ~12 ms to commit element deletions (it waits for readers
     of the set to move on): started before the veth is deleted, the two waits overlap."""
-    path = os.path.join(state_dir, "attachments", record_name(network, container_id, ifname))
+    return forget_start_by_name(state_dir, record_name(network, container_id, ifname))
+
+
+def forget_start_by_name(state_dir: str, name: str):
+    path = os.path.join(state_dir, "attachments", name)
     if not os.path.exists(path):
         return lambda: None
     from cni.firewall import nft
@@ -166,3 +170,20 @@ def forget_start(state_dir: str, network: str, container_id: str, ifname: str):
 
 def forget(state_dir: str, network: str, container_id: str, ifname: str) -> None:
     forget_start(state_dir, network, container_id, ifname)()
+
+
+def gc(state_dir: str, network: str, keep: set[str]) -> None:
+    """Forget the attachments of `network` whose record is not in `keep` (attachment hashes):
+    a DEL that never came must not leave a pod's verdicts on an address IPAM hands out again."""
+    base = os.path.join(state_dir, "attachments")
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name in keep or name.endswith(".tmp"):
+            continue
+        record = read_json(os.path.join(base, name))
+        if isinstance(record, dict) and record.get("network") == network:
+            log.info(f"gc: network policy record {name[:16]} ({'/'.join(record.get('pod') or ())})")
+            forget_start_by_name(state_dir, name)()

@@ -438,3 +438,21 @@ def test_a_node_on_legacy_iptables_enforces_nothing_and_says_why(node):
     finally:
         api.close()
         node.sh("iptables-legacy", "-t", "nat", "-F")
+
+
+def test_gc_forgets_the_sets_of_an_attachment_whose_del_never_came(w):
+    w.apply(policy("x", "deny", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    w.change(w.api.put, "pods", pod_object("x/g", "node-a"))
+    pod, ips = w.add("x/g", "node-a", publish=False, serve=False)
+    w.pods.pop("x/g")
+    assert str(ips[0]) in table(w, "node-a")
+    valid = [{"containerID": f"cid-{k.replace('/', '-')}", "ifname": "eth0"}
+             for k, n in PLACES.items() if n == "node-a"]
+    gc = w.cluster.nodes["node-a"].pycni("GC", {**w.cluster.conf("node-a"), "cniVersion": "1.1.0",
+                                               "cni.dev/valid-attachments": valid})
+    assert gc.rc == 0, gc.out
+    assert all(str(ip) not in table(w, "node-a") for ip in ips)
+    records = list((w.cluster.nodes["node-a"].tmp / "policy" / "attachments").iterdir())
+    assert len(records) == len(valid)
+    w.change(w.api.delete, "pods", "x", "g")
+    check(w, lambda s, d, *_: ns(d) != "x")          # the pods GC kept are untouched
