@@ -40,6 +40,10 @@ def add_arguments(p) -> None:
                    help="do not enforce NetworkPolicy (on by default with the API; needs nftables)")
     p.add_argument("--policy-dir", default="/run/pycni/policy",
                    help="network policy state shared with the plugin (keep it on tmpfs)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus), /healthz and /readyz there (e.g. 0.0.0.0:9152)")
+    p.add_argument("--calls-file", metavar="PATH",
+                   help="the plugin's call record to count (default: calls.log beside the helper socket)")
     p.add_argument("--helper", nargs="?", const="/run/pycni/helper.sock", metavar="SOCKET",
                    help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
                         "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
@@ -52,16 +56,27 @@ class Syncer:
     or the last sync is older than `every` seconds (which also repairs drift, e.g. a flushed table)."""
 
     def __init__(self, node_name: str, opts: Options, apply: Callable[[Desired], dict],
-                 clock: Callable[[], float] = time.monotonic, every: float = 60.0):
+                 clock: Callable[[], float] = time.monotonic, every: float = 60.0, metrics=None):
         self.node_name, self.opts, self.apply, self.clock, self.every = node_name, opts, apply, clock, every
         self.last: Desired | None = None
         self.at = 0.0
+        self.metrics = metrics
 
     def __call__(self, nodes: list) -> dict | None:
         state = desired(self.node_name, nodes, self.opts)
         if state == self.last and self.clock() - self.at < self.every:
             return None
-        done = self.apply(state)
+        started = time.monotonic()
+        try:
+            done = self.apply(state)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.sync_errors.labels("nodes").inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.sync_seconds.labels("nodes").observe(time.monotonic() - started)
+            if state.conflist is not None:
+                self.metrics.ready["conflist"] = True
         self.last, self.at = state, self.clock()
         print(f"agent: {len(nodes)} nodes, conflist {'written' if done['conflist'] else 'unchanged'}, "
               f"routes +{done['routes'][0]} -{done['routes'][1]}, "
@@ -81,15 +96,17 @@ def run(args) -> int:
     _install(args)
     conf_dir = Path(args.conf_dir)
 
-    on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name))
+    metrics = _serve_metrics(args, opts, conf_dir)
+    on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name),
+                       metrics=metrics)
     helper = _host_helper(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
     try:
         if args.nodes_file:
             with open(args.nodes_file, encoding="utf-8") as f:
                 on_change(parse_node_list(json.load(f)))
-            if helper is not None:
-                signal.pause()      # a one-shot sync that hosts the helper: until stopped
+            if helper is not None or metrics is not None:
+                signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
         from cni.agent.watch import follow, load_config
 
@@ -97,12 +114,52 @@ def run(args) -> int:
             from cni.agent.policy import loop
 
             load_config(args.kubeconfig)
-            loop.start(args.node_name, opts.policy_dir)
+            loop.start(args.node_name, opts.policy_dir, metrics=metrics)
         follow(on_change, args.kubeconfig)
         return 0
     finally:
         if helper is not None:
             helper.stop()
+
+
+def _serve_metrics(args, opts: Options, conf_dir: Path):
+    """The metrics and health server, when --metrics-address is given; None otherwise."""
+    if not args.metrics_address:
+        return None
+    import threading
+
+    from cni.agent import metrics as m
+    from cni.runtime.client import DEFAULT_SOCKET
+
+    metrics = m.Metrics()
+    calls_file = args.calls_file or os.path.join(os.path.dirname(args.helper or DEFAULT_SOCKET), "calls.log")
+    record = m.CallRecord(calls_file, metrics.count_call)
+
+    def ranges() -> list:
+        try:
+            conf = json.loads((conf_dir / args.conf_name).read_text())
+            return [ipaddress.ip_network(r["subnet"]) for rs in conf["plugins"][0]["ipam"]["ranges"] for r in rs]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return []
+
+    metrics.registry.register(m.ipam_collector(opts.data_dir, opts.network, ranges))
+    metrics.ready["conflist"] = False
+    if opts.policy_dir:
+        metrics.ready["network policy"] = False
+
+    def drain_often() -> None:
+        while True:
+            try:
+                record.drain()
+            except OSError as e:
+                log.error(f"agent: reading {calls_file}: {e}")
+            time.sleep(5.0)
+
+    threading.Thread(target=drain_often, name="calls", daemon=True).start()
+    server = m.serve(metrics, args.metrics_address, record.drain)
+    print(f"agent: metrics on http://{args.metrics_address}/metrics (calls from {calls_file})", flush=True)
+    metrics.server = server
+    return metrics
 
 
 def _policy_dir(args) -> str | None:

@@ -42,6 +42,8 @@ NOT_MINE = b"NAK1"          # the helper is of another build: the caller runs th
 INFO = b"INF1"              # the answer to a probe (STATUS): the helper's pid
 served_by_helper = 0        # in a helper's child: the helper's pid (this call is the helper's)
 not_taken = ""              # why the helper did not take this call, when it did not
+fallback = ""               # why this call ran in process (a cni.runtime.calls reason), if it did
+answer_code = 0             # the CNI error code of the helper's answer (0: success)
 CODE_TRY_AGAIN = 11
 
 
@@ -180,11 +182,13 @@ def helper_state(env) -> str:
 def forward(plugin: str, env, stdin, stdout) -> int | None:
     """Exit code of the call, served by the helper or (when the helper did not take it) in
     process; None when there is no helper to ask."""
-    global not_taken
+    global not_taken, fallback, answer_code
     if env.get("PYCNI_HELPER", "1") == "0":
+        fallback = "disabled"
         return None
     path = socket_path(env)
     if not _is_socket(path):
+        fallback = "no_helper"
         return None             # no helper, or something else in its place
     data = stdin.read()
     request = marshal.dumps({
@@ -198,6 +202,9 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         pidfd = _hand_over(sock, path, request)
     except (OSError, ConnectionError, ValueError) as e:
         not_taken = f"{type(e).__name__}: {e}"
+        fallback = ("timeout" if isinstance(e, TimeoutError) else
+                    "unavailable" if isinstance(e, (ConnectionRefusedError, FileNotFoundError)) else
+                    "refused" if isinstance(e, ValueError) else "error")
         sock.close()            # never handed over: the helper will not run it; we do
         return _in_process(plugin, env, data, stdout)
     try:                        # from here on the call is the helper's
@@ -208,7 +215,9 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     except (OSError, ConnectionError, ValueError, EOFError, TypeError, KeyError) as e:
         _kill(pidfd)            # it may not go on after we give up
         if env.get("CNI_COMMAND", "") != "ADD":
+            fallback = "failed_mid_call"
             return _in_process(plugin, env, data, stdout)   # DEL, CHECK, STATUS, GC: idempotent
+        answer_code = CODE_TRY_AGAIN
         out = {"cniVersion": "1.1.0", "code": CODE_TRY_AGAIN,
                "msg": "pycni helper failed during the call", "details": str(e) or type(e).__name__}
         from cni.spec import jsonio
@@ -219,6 +228,13 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
     finally:
         sock.close()
         os.close(pidfd)
+    if rc != 0:
+        try:
+            from cni.spec import jsonio
+
+            answer_code = int(jsonio.loads(text).get("code") or 999)
+        except (ValueError, TypeError, AttributeError):
+            answer_code = 999
     stdout.write(text)
     stdout.flush()
     return rc

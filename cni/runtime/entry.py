@@ -18,15 +18,29 @@ def use_host_libraries() -> None:
 
 
 def _serve(name: str) -> int:
-    if os.environ["CNI_COMMAND"] != "VERSION":      # VERSION costs less here than a hand-over
-        from cni.runtime.client import forward
+    command = os.environ["CNI_COMMAND"]
+    if command == "VERSION":                        # VERSION costs less here than a hand-over
+        from cni.plugins import run
 
-        rc = forward(name, os.environ, sys.stdin.buffer, sys.stdout)
-        if rc is not None:
-            return rc
-    from cni.plugins import run
+        return run(name, os.environ, sys.stdin.buffer, sys.stdout)
+    import time
 
-    return run(name, os.environ, sys.stdin.buffer, sys.stdout)
+    from cni.runtime import calls, client
+
+    started = time.perf_counter()
+    rc = client.forward(name, os.environ, sys.stdin.buffer, sys.stdout)
+    if rc is None:
+        from cni.plugins import run
+
+        rc = run(name, os.environ, sys.stdin.buffer, sys.stdout)
+    if client.fallback:
+        from cni.spec import skel
+
+        served, code = "process", skel.last_code
+    else:
+        served, code = "helper", client.answer_code
+    calls.record(os.environ, name, command, code, time.perf_counter() - started, served, client.fallback)
+    return rc
 
 
 def _about(name: str) -> int:

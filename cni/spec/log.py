@@ -1,4 +1,6 @@
 """A small logger for the exec path: lines to a log file and, from warnings up, to stderr.
+Lines are readable text by default; with `logFormat: json` each is one JSON object carrying the
+call (plugin, command, network, containerID, ifname) for log collectors.
 
 Rule: logging never fails a CNI call; if the file cannot be written we go on without it.
 (The stdlib `logging` package is avoided on purpose: it costs import time on every pod start.)
@@ -20,21 +22,34 @@ class Logger:
         self.level = LEVELS["info"]
         self.stderr = sys.stderr
         self.context = ""
+        self.json = False
+        self.fields: dict[str, str] = {}
 
-    def configure(self, path: str | None = None, level: str | None = None, context: str = "") -> None:
+    def configure(self, path: str | None = None, level: str | None = None, context: str = "",
+                  fmt: str | None = None, fields: dict[str, str] | None = None) -> None:
         if path is not None:
             self.path = path
         if level in LEVELS:
             self.level = LEVELS[level]
         if context:
             self.context = context
+        if fmt in ("text", "json"):
+            self.json = fmt == "json"
+        if fields:
+            self.fields = dict(fields)
 
     def _emit(self, level: str, msg: str) -> None:
         n = LEVELS[level]
         if n < self.level:
             return
-        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {level.upper()} [{os.getpid()}] "
-                f"{self.context}{msg}\n")
+        if self.json:
+            from cni.spec import jsonio
+
+            line = jsonio.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level,
+                                 "pid": os.getpid(), **self.fields, "msg": msg}) + "\n"
+        else:
+            line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {level.upper()} [{os.getpid()}] "
+                    f"{self.context}{msg}\n")
         if n >= LEVELS["warning"] and self.stderr is not None:
             try:
                 self.stderr.write(f"pycni: {msg}\n")

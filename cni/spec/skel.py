@@ -69,6 +69,9 @@ def _emit(stdout: IO[str], obj: dict) -> None:
     stdout.flush()
 
 
+last_code = 0       # the CNI error code of the last call `run` answered (0: success), for the call record
+
+
 def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[bytes],
         stdout: IO[str], about: str = "pycni", serialize: str = "") -> int:
     """Serve one CNI call. Returns the process exit code. With `serialize` (the plugin's name),
@@ -86,7 +89,10 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         conf = req.config
         log.configure(conf.get("logFile") if isinstance(conf.get("logFile"), str) else None,
                       conf.get("logLevel") if isinstance(conf.get("logLevel"), str) else None,
-                      f"{about} {req.command} {req.container_id[:12]}/{req.ifname} ")
+                      f"{about} {req.command} {req.container_id[:12]}/{req.ifname} ",
+                      "json" if conf.get("logFormat") == "json" else "text",
+                      {"plugin": about, "command": req.command, "network": str(conf.get("name", "")),
+                       "containerID": req.container_id, "ifname": req.ifname})
         if req.nothing_made:
             log.info(f"DEL: nothing to do ({req.nothing_made})")
             return 0
@@ -105,11 +111,15 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         log.debug("ok")
         return 0
     except CNIError as e:
+        global last_code
+        last_code = e.code
         log.error(f"code {e.code}: {e}")
         _emit(stdout, e.to_dict(version))
         return 1
     except Exception as e:  # the one place an unexpected exception is reported
         import traceback
+
+        last_code = 999
 
         log.error("unexpected error: " + "".join(traceback.format_exception(e)).rstrip())
         _emit(stdout, CNIError("internal error", f"{type(e).__name__}: {e}").to_dict(version))

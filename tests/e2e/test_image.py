@@ -115,15 +115,18 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
         wait_for(sock.exists, what="containerd's socket")
         box.enter(*ctr, "images", "import", str(image))
         mounts = []
+        # run_dir also at its own path: the conflist's dataDir (the node's path) is where the
+        # agent reads the IPAM store for its metrics, as /run/pycni/ipam is in the DaemonSet
         for src, dst in ((bin_dir, bin_dir), (conf_dir, "/host/etc/cni/net.d"), (run_dir, "/run/pycni"),
-                         (data, "/data")):
+                         (run_dir, run_dir), (data, "/data")):
             mounts += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:rw"]
         caps = [a for c in ("NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_CHROOT") for a in ("--cap-add", f"CAP_{c}")]
         box.enter(*ctr, "run", "-d", "--log-uri", f"file://{agent_log}", "--net-host", *caps, *mounts,
                   "--env", "NODE_NAME=node-a", IMAGE, "agent", "/opt/pycni/agent/pycni-agent",
                   "--from=/opt/pycni/plugin", f"--bin-dir={bin_dir}", "--conf-dir=/host/etc/cni/net.d",
                   f"--data-dir={run_dir / 'ipam'}", "--cluster-cidr=10.244.0.0/16",
-                  "--nodes-file=/data/nodes.json", "--helper=/run/pycni/helper.sock")
+                  "--nodes-file=/data/nodes.json", "--helper=/run/pycni/helper.sock",
+                  "--metrics-address=127.0.0.1:9152")
         helper_sock = run_dir / "helper.sock"
         wait_for(lambda: helper_sock.exists() and "helper started" in agent_log.read_text(),
                  what="the agent's helper")
@@ -140,6 +143,15 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
         assert "pycni(helper) ADD" in log.read_text()       # served by the helper, not in process
         assert "10.244.0." in subprocess.run(["ip", "netns", "exec", pod, "ip", "-4", "addr", "show", "eth0"],
                                              capture_output=True, text=True).stdout
+        # the DaemonSet's probes and a scrape, as Prometheus would (the agent counts the ADD the
+        # helper served, from the call record in the shared /run/pycni)
+        for path in ("/healthz", "/readyz"):
+            assert node.sh("curl", "-sf", f"http://127.0.0.1:9152{path}").strip() == "ok"
+        scrape = node.sh("curl", "-sf", "http://127.0.0.1:9152/metrics")
+        assert 'pycni_cni_requests_total{code="0",command="ADD",plugin="pycni"} 1.0' in scrape
+        assert 'pycni_ipam_addresses{network="pycni",range="10.244.0.0/24",state="used"} 1.0' in scrape
+        assert "pycni_helper_fallbacks_total" not in scrape.replace("# HELP pycni_helper_fallbacks_total", "") \
+            .replace("# TYPE pycni_helper_fallbacks_total", "")      # served by the helper: no fallback
 
         # the helper dies: the agent starts another, which serves the DEL
         first = [p for p in pids_with(str(bin_dir)) if _is_helper(p)]

@@ -129,6 +129,10 @@ def test_daemonset_contract():
     assert args["data-dir"].startswith(host["/run/pycni"])           # IPAM data on the node's tmpfs
     assert args["policy-dir"].startswith(host["/run/pycni"] + "/")   # policy state too; on by default
     assert "no-network-policy" not in args
+    # the probes ask the agent's own server, on the port it serves
+    port = int(args["metrics-address"].rpartition(":")[2])
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port, "host": "127.0.0.1"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port, "host": "127.0.0.1"}
     # the helper runs the installed build at the node's own path (same build identity, same files
     # after its child enters the caller's mount namespace) and listens where the node's plugin looks
     assert host["/opt/cni/bin"] == "/opt/cni/bin"

@@ -173,3 +173,30 @@ def test_sha256_without_openssl_matches_hashlib():
     # the plugin's names never load OpenSSL (2-3 ms of every process start)
     code = "import sys, cni.spec.names; cni.spec.names.attachment_hash('n', 'c', 'eth0'); print('_hashlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_json_log_lines_carry_the_call(tmp_path):
+    from cni.spec.log import log
+
+    class Talker(Recorder):
+        def add(self, req):
+            log.info("made the veth")
+            log.warning("something \"quoted\" ünïcode")
+            return Result()
+
+    path = tmp_path / "pycni.log"
+    try:
+        rc, _ = run("ADD", {**CONF, "logFile": str(path), "logFormat": "json"}, plugin=Talker())
+        assert rc == 0
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [x["msg"] for x in lines] == ["made the veth", "something \"quoted\" ünïcode"]
+        for x in lines:
+            assert {k: x[k] for k in ("plugin", "command", "network", "containerID", "ifname")} == \
+                {"plugin": "pycni", "command": "ADD", "network": "net1", "containerID": "abc", "ifname": "eth0"}
+            assert x["level"] in ("info", "warning") and isinstance(x["pid"], int) and x["time"]
+        # the default stays text
+        rc, _ = run("DEL", {**CONF, "logFile": str(path)}, plugin=Talker())
+        run("ADD", {**CONF, "logFile": str(path)}, plugin=Talker())
+        assert path.read_text().splitlines()[-1].split(" ", 2)[1] == "WARNING"
+    finally:
+        log.configure(path="", fmt="text")

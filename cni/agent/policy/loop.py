@@ -52,17 +52,21 @@ def parse_all(objects: dict[str, dict]) -> tuple[list, list, dict]:
 
 class PolicyLoop:
     def __init__(self, node: str, state_dir: str, every: float = 60.0, settle: float = 0.02,
-                 on_sync: Callable[[enforce.Outcome], None] | None = None):
+                 on_sync: Callable[[enforce.Outcome], None] | None = None, metrics=None):
         self.node, self.state_dir, self.every, self.settle = node, state_dir, every, settle
         self.objects: dict[str, dict | None] = {k: None for k in KINDS}
         self.cond = threading.Condition()
         self.changed = False
+        self.changed_at: float | None = None     # the first change not in the kernel yet
         self.on_sync = on_sync
+        self.metrics = metrics
 
     def update(self, kind: str, objects: dict) -> None:
         with self.cond:
             self.objects[kind] = objects
             self.changed = True
+            if self.changed_at is None:
+                self.changed_at = time.monotonic()
             self.cond.notify()
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
@@ -80,9 +84,15 @@ class PolicyLoop:
             with self.cond:
                 snapshot = dict(self.objects)
                 self.changed = False
+                changed_at, self.changed_at = self.changed_at, None
+            m = self.metrics
             try:
                 outcome = enforce.sync(self.state_dir, self.node, *parse_all(snapshot))
             except Exception as e:      # the table in the kernel stays; try again soon
+                if m is not None:
+                    m.sync_errors.labels("network policy").inc()
+                with self.cond:
+                    self.changed_at = min(changed_at or time.monotonic(), self.changed_at or time.monotonic())
                 log.error(f"agent: network policy sync failed: {type(e).__name__}: {e}")
                 print(f"agent: network policy sync failed: {e}", flush=True)
                 with self.cond:
@@ -90,11 +100,21 @@ class PolicyLoop:
                 time.sleep(1.0)
                 continue
             last = time.monotonic()
+            if m is not None:
+                c = outcome.compiled
+                m.sync_seconds.labels("network policy").observe(outcome.seconds)
+                if changed_at is not None:
+                    m.policy_latency.observe(last - changed_at)
+                m.policies.set(c.policies)
+                m.policy_rules.set(c.rule_count())
+                m.policy_elements.set(c.element_count())
+                m.policy_pending.set(outcome.pending)
+                m.ready["network policy"] = True
             if self.on_sync is not None:
                 self.on_sync(outcome)
 
 
-def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False) -> PolicyLoop:
+def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None) -> PolicyLoop:
     """The watches and the loop, each in a daemon thread (the API client must be configured)."""
     from cni.agent.watch import follow_objects, lister
 
@@ -104,9 +124,12 @@ def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False) -
               f"{c.element_count()} elements, {outcome.pending} pending, {outcome.seconds * 1000:.0f} ms",
               flush=True)
 
-    loop = PolicyLoop(node, state_dir, on_sync=report)
+    loop = PolicyLoop(node, state_dir, on_sync=report, metrics=metrics)
     for kind in KINDS:
         threading.Thread(target=follow_objects, name=f"watch-{kind}", daemon=True,
                          args=(lister(kind), lambda objs, k=kind: loop.update(k, objs), stop, kind)).start()
-    threading.Thread(target=loop.run, name="policy", daemon=True, args=(stop,)).start()
+    thread = threading.Thread(target=loop.run, name="policy", daemon=True, args=(stop,))
+    thread.start()
+    if metrics is not None:
+        metrics.alive["network policy"] = thread.is_alive
     return loop
