@@ -10,7 +10,6 @@ and attachments are read from the IPAM store at scrape time.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 import time
@@ -117,24 +116,11 @@ def ipam_collector(data_dir: str, network: str, ranges: Callable[[], list]) -> o
                                           labels=["network", "range", "state"])
             attachments = GaugeMetricFamily("pycni_attachments", "pod interfaces holding addresses",
                                             labels=["network"])
-            held: list = []
-            owners: set = set()
-            d = os.path.join(data_dir, network)
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                names = []
-            for name in names:
-                try:
-                    ip = ipaddress.ip_address(name.replace("_", ":"))
-                except ValueError:
-                    continue
-                held.append(ip)
-                try:
-                    with open(os.path.join(d, name)) as f:
-                        owners.add(tuple(f.read().split()[:2]))
-                except OSError:
-                    pass
+            from ipam.store import DiskStore
+
+            holders = DiskStore(os.path.join(data_dir, network)).holders()
+            held = list(holders)
+            owners = set(holders.values())
             for subnet in ranges():
                 used = sum(1 for ip in held if ip in subnet)
                 usable = subnet.num_addresses - (3 if subnet.version == 4 else 2)  # network, gateway, broadcast

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     from cni.agent.main import add_arguments
 
     add_arguments(ag)
+    isp = sub.add_parser("inspect", help="every attachment on this node, cross-checked (leaks, strays)")
+    isp.add_argument("--conf-dir", default="/etc/cni/net.d", help="the networks: the conflists in DIR")
+    isp.add_argument("--json", action="store_true", help="JSON instead of a table")
+    isp.add_argument("--check", action="store_true",
+                     help="exit 1 when anything does not add up (an address without an interface, ...)")
     hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
     hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
     return p
@@ -74,6 +79,10 @@ def main(argv: list[str]) -> int:
         from cni.agent.main import run
 
         return run(args)
+    if args.cmd == "inspect":
+        from cni.tools.inspect import main as inspect
+
+        return inspect(args)
     if args.cmd == "install":
         from cni.tools.install import main as install
 

@@ -1,0 +1,265 @@
+"""`pycni inspect`: every attachment on this node, built from the live state and cross-checked.
+
+    networks      the conflists in --conf-dir whose plugins include pycni (name, IPAM data dir,
+                  policy state dir)
+    interfaces    host veths carrying pycni's alias (network, container id, ifname), their bridge
+                  and MAC
+    addresses     the IPAM store of each network (host-local's layout)
+    firewall      nftables elements of table `inet pycni` tagged with an attachment; legacy
+                  iptables chains PYCNI-DN-/PYCNI-MS-<attachment>
+    policy        NetworkPolicy records (pod namespace/name, set elements)
+
+`cross_check` is pure: it joins the sources on the attachment hash and lists what does not add
+up — an address without an interface (a leak: the range shrinks), an interface without an
+address, firewall rules or policy records without an interface. `--check` exits 1 when there are
+any, as `calicoctl ipam check` does for Calico.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+from cni.spec import names
+
+
+@dataclass
+class Network:
+    name: str
+    conflist: str
+    data_dir: str | None          # None: the network has no file-backed IPAM
+    policy_dir: str | None = None
+
+
+@dataclass
+class Attachment:
+    network: str
+    container_id: str
+    ifname: str
+    hash: str
+    host_veth: str = ""
+    bridge: str = ""
+    mac: str = ""
+    addresses: list[str] = field(default_factory=list)
+    host_ports: list[str] = field(default_factory=list)
+    firewall: str = ""
+    rules: list[str] = field(default_factory=list)
+    pod: str = ""
+    policy_elements: int = 0
+
+
+@dataclass
+class Report:
+    attachments: list[Attachment]
+    problems: list[str]
+
+
+# ---------------------------------------------------------------------------- gathering (I/O)
+
+
+def networks(conf_dir: str) -> list[Network]:
+    out = []
+    try:
+        files = sorted(os.listdir(conf_dir))
+    except FileNotFoundError:
+        return out
+    for name in files:
+        if not name.endswith((".conflist", ".conf", ".json")):
+            continue
+        path = os.path.join(conf_dir, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                conf = json.load(f)
+        except (OSError, ValueError):
+            continue
+        plugins = conf.get("plugins") if isinstance(conf.get("plugins"), list) else [conf]
+        for p in plugins:
+            if isinstance(p, dict) and p.get("type") == "pycni":
+                ipam = p.get("ipam") if isinstance(p.get("ipam"), dict) else {}
+                data_dir = None
+                if ipam.get("type") in ("pycni-ipam", "host-local"):
+                    data_dir = ipam.get("dataDir") or "/var/lib/cni/networks"
+                out.append(Network(str(conf.get("name")), path, data_dir, p.get("networkPolicy") or None))
+    return out
+
+
+def interfaces() -> list[dict]:
+    """Host veths with pycni's alias: {network, container_id, ifname, hash, veth, bridge, mac}."""
+    from cni.linux.links import attr, open_rtnl
+
+    ipr = open_rtnl()
+    try:
+        links = ipr.links()
+    finally:
+        ipr.close()
+    by_index = {m["index"]: attr(m, "IFLA_IFNAME", "") for m in links}
+    out = []
+    for m in links:
+        alias = m.get_attr("IFLA_IFALIAS") or ""
+        parts = alias.split("/")
+        if len(parts) == 4 and parts[0] == "pycni":
+            network, cid, ifname = parts[1:]
+            h = names.attachment_hash(network, cid, ifname)
+        else:
+            hashed = alias.split("#")
+            if len(hashed) != 3 or hashed[0] != "pycni":
+                continue
+            network, cid, ifname, h = f"#{hashed[1]}", "?", "?", hashed[2]
+        out.append({"network": network, "container_id": cid, "ifname": ifname, "hash": h,
+                    "veth": attr(m, "IFLA_IFNAME", ""), "bridge": by_index.get(attr(m, "IFLA_MASTER", 0), ""),
+                    "mac": attr(m, "IFLA_ADDRESS", "")})
+    return out
+
+
+def reservations(net: Network) -> dict[str, tuple[str, str]]:
+    """address -> (container id, ifname) in the network's IPAM store."""
+    from ipam.store import DiskStore
+
+    if net.data_dir is None:
+        return {}
+    return {str(ip): owner for ip, owner in DiskStore(os.path.join(net.data_dir, net.name)).holders().items()}
+
+
+def nft_elements() -> list[tuple[str, str, str, str]]:
+    from cni.firewall import nft
+
+    try:
+        listing = nft._listing()
+    except Exception:           # no nftables here: nothing of ours either
+        return []
+    return nft.tagged_elements(listing) if listing else []
+
+
+def iptables_chains() -> set[str]:
+    """PYCNI-DN-/PYCNI-MS- chains in the legacy nat tables."""
+    from cni.firewall.rules import legacy_tables
+
+    out: set[str] = set()
+    for family, program in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
+        if "nat" not in legacy_tables(family):
+            continue
+        try:
+            text = subprocess.run([program, "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        out.update(line[1:].split()[0] for line in text.splitlines()
+                   if line.startswith((":PYCNI-DN-", ":PYCNI-MS-")))
+    return out
+
+
+def policy_records(net: Network) -> dict[str, dict]:
+    if not net.policy_dir:
+        return {}
+    base = os.path.join(net.policy_dir, "attachments")
+    out = {}
+    try:
+        files = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for name in files:
+        try:
+            with open(os.path.join(base, name), encoding="utf-8") as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("network") in (None, net.name):
+            out[name] = rec
+    return out
+
+
+def gather(conf_dir: str) -> Report:
+    nets = networks(conf_dir)
+    return cross_check(nets, interfaces(), {n.name: reservations(n) for n in nets}, nft_elements(),
+                       iptables_chains(), {n.name: policy_records(n) for n in nets})
+
+
+# ---------------------------------------------------------------------------- the join (pure)
+
+
+def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str, tuple[str, str]]],
+                elements: list[tuple[str, str, str, str]], chains: set[str],
+                records: dict[str, dict[str, dict]]) -> Report:
+    from cni.firewall.iptables import chain_names
+    from cni.firewall.rules import network_hash
+
+    atts: dict[str, Attachment] = {}
+    problems: list[str] = []
+    for link in links:
+        a = atts.setdefault(link["hash"], Attachment(link["network"], link["container_id"], link["ifname"],
+                                                     link["hash"]))
+        a.host_veth, a.bridge, a.mac = link["veth"], link["bridge"], link["mac"]
+    with_ipam = {n.name for n in nets if n.data_dir is not None}
+    for network, addrs in held.items():
+        for ip, (cid, ifname) in sorted(addrs.items()):
+            h = names.attachment_hash(network, cid, ifname)
+            if h not in atts:
+                problems.append(f"address without interface: {network} {ip} held by {cid}/{ifname} "
+                                "(no host veth: a leaked reservation)")
+                continue
+            atts[h].addresses.append(ip)
+    for a in atts.values():
+        if a.network in with_ipam and not a.addresses:
+            problems.append(f"interface without address: {a.network} {a.container_id}/{a.ifname} "
+                            f"({a.host_veth}: no reservation in the IPAM store)")
+    by_tag = {f"{network_hash(a.network)}-{a.hash[:16]}": a for a in atts.values()}
+    for name, key, data, comment in elements:
+        if not comment:
+            continue            # shared by the network's pods (pod networks, hairpin sources)
+        tag = comment.split(" ", 1)[0]
+        a = by_tag.get(tag)
+        if a is None:
+            problems.append(f"firewall element without interface: nftables {name} {{ {key}"
+                            f"{' : ' + data if data else ''} }} ({comment})")
+            continue
+        a.firewall = "nftables"
+        a.rules.append(f"{name} {{ {key}{' : ' + data if data else ''} }}")
+        if name.startswith(("hostports", "hostip")):
+            a.host_ports.append(f"{key.replace(' . ', ' ')} -> {data.replace(' . ', ':')}")
+    by_chain = {c: a for a in atts.values() for c in chain_names(a.hash)}
+    for chain in sorted(chains):
+        a = by_chain.get(chain)
+        if a is None:
+            problems.append(f"firewall chain without interface: iptables nat {chain}")
+            continue
+        a.firewall = "iptables"
+        a.rules.append(f"nat {chain}")
+    for network, recs in records.items():
+        for name, rec in sorted(recs.items()):
+            a = atts.get(name)
+            pod = "/".join(rec.get("pod") or ())
+            if a is None:
+                problems.append(f"network policy record without interface: {network} pod {pod} "
+                                f"{', '.join(rec.get('ips') or ())} ({len(rec.get('elements') or ())} set elements)")
+                continue
+            a.pod, a.policy_elements = pod, len(rec.get("elements") or ())
+    ordered = sorted(atts.values(), key=lambda a: (a.network, a.container_id, a.ifname))
+    return Report(ordered, problems)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def render_table(report: Report) -> str:
+    head = ("NETWORK", "CONTAINER", "IFNAME", "POD", "HOST VETH", "BRIDGE", "MAC", "ADDRESSES", "HOST PORTS",
+            "FIREWALL")
+    rows = [(a.network, a.container_id[:16], a.ifname, a.pod or "-", a.host_veth, a.bridge or "-", a.mac,
+             ",".join(a.addresses) or "-", ",".join(a.host_ports) or "-",
+             f"{a.firewall} ({len(a.rules)})" if a.firewall else "-") for a in report.attachments]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines.append(f"{len(report.attachments)} attachments, {len(report.problems)} problems")
+    lines += [f"  problem: {p}" for p in report.problems]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(report: Report) -> str:
+    return json.dumps({"attachments": [asdict(a) for a in report.attachments], "problems": report.problems},
+                      indent=2) + "\n"
+
+
+def main(args) -> int:
+    report = gather(args.conf_dir)
+    print(render_json(report) if args.json else render_table(report), end="")
+    return 1 if args.check and report.problems else 0
