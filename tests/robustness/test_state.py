@@ -88,9 +88,10 @@ def test_hostile_values_are_rejected_and_write_nothing_outside(node, tmp_path): 
     res = node.pycni("ADD", huge, pod)
     assert res.rc != 0 and res.code == 5
     rejected += 1
-    # (calls/: the attachment locks beside the helper socket, as /run/pycni/calls on a node)
+    # (calls/: the attachment locks beside the helper socket, as /run/pycni/calls on a node;
+    # calls.log: the call record beside it, as /run/pycni/calls.log)
     outside = (set(os.listdir("/tmp")) - before) | (set(os.listdir(node.tmp)) - outside_before
-                                                     - {"ipam", "pycni.log", "calls"})
+                                                     - {"ipam", "pycni.log", "calls", "calls.log"})
     assert outside == set()
     assert node.links() == ["lo"] and node.reservations("testnet") == []
     # a good ADD: what it writes is not world-writable
