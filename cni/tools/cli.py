@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     isp.add_argument("--json", action="store_true", help="JSON instead of a table")
     isp.add_argument("--check", action="store_true",
                      help="exit 1 when anything does not add up (an address without an interface, ...)")
+    exp = sub.add_parser("explain", help="the path of a packet on this node, hop by hop, rule by rule")
+    exp.add_argument("src", help="a pod (ns/name), container id, address, or `node`")
+    exp.add_argument("dst", help="DST[:PORT[/PROTO]]: a pod, container id or address")
+    exp.add_argument("--conf-dir", default="/etc/cni/net.d")
+    exp.add_argument("--json", action="store_true")
     hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
     hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
     return p
@@ -79,6 +84,10 @@ def main(argv: list[str]) -> int:
         from cni.agent.main import run
 
         return run(args)
+    if args.cmd == "explain":
+        from cni.tools.explain import main as explain
+
+        return explain(args)
     if args.cmd == "inspect":
         from cni.tools.inspect import main as inspect
 

@@ -15,7 +15,7 @@ import pytest
 from cni.spec.version import PYCNI, SUPPORTED
 
 ROOT = Path(__file__).resolve().parents[2]
-VERBS = ("exec", "install", "agent", "helper", "inspect")
+VERBS = ("exec", "install", "agent", "helper", "inspect", "explain")
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
