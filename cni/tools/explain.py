@@ -147,8 +147,9 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
                 e.hops.append(f"routing: {pkt.daddr} (after DNAT) is back on bridge {target.bridge}")
             elif not (dst.kind == "pod" and src.kind == "pod" and dst.attachment.bridge == src.attachment.bridge):
                 via = f" via {r['gateway']}" if r.get("gateway") else ""
+                agent = _agent_route(pkt.daddr)
                 e.hops.append(f"routing: {pkt.daddr}{via} dev {r.get('dev', '?')}"
-                              + (f" (a route of the agent, proto {r.get('protocol')})" if r.get("protocol") == "152" else ""))
+                              + (f" (the agent's route to another node's pods, {agent} proto 152)" if agent else ""))
             _through(e, tables, pkt, hits, "forward", "FORWARD (NetworkPolicy verdicts)")
             if e.verdict == "dropped":
                 return e
@@ -172,6 +173,23 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
         e.unknown = str(x)
         e.hops.append(f"(stopped: a rule explain cannot evaluate: {x})")
         return e
+
+
+def _agent_route(addr) -> str:
+    """The agent's route (routing protocol 152) covering `addr`, or ''."""
+    p = subprocess.run(["ip", "-j", "-%d" % addr.version, "route", "show", "proto", "152"], capture_output=True,
+                       text=True)
+    try:
+        routes = json.loads(p.stdout or "[]")
+    except ValueError:
+        return ""
+    for r in routes:
+        try:
+            if addr in ipaddress.ip_network(r["dst"]):
+                return r["dst"]
+        except (KeyError, ValueError):
+            continue
+    return ""
 
 
 def _hairpin_on(port: str) -> bool:

@@ -19,6 +19,7 @@ import pytest
 
 from pathlib import Path
 
+from .cluster import cluster  # noqa: F401  (the fixture)
 from .conftest import BIN, IP, PREFIX, _counter, netconf, node, ready_line, sh  # noqa: F401  (node: fixture)
 
 APP = str(Path(__file__).with_name("netapp.py"))
@@ -182,3 +183,28 @@ def test_explain_says_a_hairpin_without_hairpin_mode_is_dropped(world):
     e = explain(node, "xpl-b", f"{OUT_NODE}:8080/tcp")
     assert e["verdict"] == "dropped" and "hairpin mode is off" in e["hops"][-1]
     assert sh(sys.executable, APP, "tcp", OUT_NODE, "8080", ns=pods["b"], check=False).strip() == ""
+
+
+def test_explain_across_nodes_and_out_of_the_cluster_agrees_with_the_trace(cluster):
+    """Two nodes with the agent's routes and masquerade (tests/integration/cluster.py): from a pod
+    on node-a to a pod on node-b (the agent's route, no masquerade: its source stays the pod's)
+    and to an address outside the cluster (the agent's masquerade, table inet pycni-agent)."""
+    from .cluster import NODES, OUTSIDE4
+
+    for name in NODES:
+        cluster.agent(name, list(NODES))
+    pod_a, res_a = cluster.add_pod("node-a", "pa")
+    _, res_b = cluster.add_pod("node-b", "pb")
+    b4 = next(ip["address"].split("/")[0] for ip in res_b["ips"] if ":" not in ip["address"])
+    node = cluster.nodes["node-a"]
+    for what, dst, daddr, port in (("to a pod on node-b", f"{b4}:80/tcp", b4, 80),
+                                   ("out of the cluster", f"{OUTSIDE4}:80/tcp", OUTSIDE4, 80)):
+        e = explain(node, "pa", dst)
+        assert not e["unknown"], e
+        node.sh("conntrack", "-F", check=False)
+        kernel = trace(node, pod_a, daddr, port, "prerouting")
+        assert predicted(e) == kernel, f"{what}:\nexplain: {predicted(e)}\nkernel:  {kernel}\n" + "\n".join(e["hops"])
+        if what == "to a pod on node-b":
+            assert e["nat"] == [] and any("the agent's route" in h and "via 172.31.0.3" in h for h in e["hops"])
+        else:
+            assert e["nat"] == ["masquerade"] and kernel[-1][0] == "pycni-agent"
