@@ -46,7 +46,7 @@ class Metrics:
         self.policy_latency = Histogram("pycni_network_policy_enforce_seconds", "from a change seen by the "
                                         "agent to the kernel's table holding it", registry=r,
                                         buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
-        self.ready: dict[str, bool] = {}
+        self.ready: dict[str, object] = {}           # name: bool, or a callable answering it
         self.alive: dict[str, Callable[[], bool]] = {}
 
     def count_call(self, c: dict) -> None:
@@ -157,7 +157,7 @@ def serve(metrics: Metrics, address: str, before_scrape: Callable[[], None]) -> 
                 dead = [name for name, alive in metrics.alive.items() if not alive()]
                 self._send(500 if dead else 200, (f"not alive: {', '.join(dead)}" if dead else "ok").encode() + b"\n")
             elif path == "/readyz":
-                waiting = [name for name, ok in metrics.ready.items() if not ok]
+                waiting = [name for name, ok in metrics.ready.items() if not (ok() if callable(ok) else ok)]
                 self._send(503 if waiting else 200,
                            (f"waiting for: {', '.join(waiting)}" if waiting else "ok").encode() + b"\n")
             else:
@@ -167,3 +167,43 @@ def serve(metrics: Metrics, address: str, before_scrape: Callable[[], None]) -> 
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
+
+
+def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:
+    """The helper's metrics (a hand-made node without the agent): the CNI calls from the record,
+    the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz when
+    its socket exists. Runs in a process of its own that the helper forks at its start."""
+    import json
+
+    from cni.tools.inspect import networks
+
+    metrics = Metrics()
+    record = CallRecord(calls_file, metrics.count_call)
+    for net in networks(conf_dir):
+        if net.data_dir is None:
+            continue
+
+        def ranges(path=net.conflist, name=net.name) -> list:
+            import ipaddress
+
+            try:
+                with open(path, encoding="utf-8") as f:
+                    conf = json.load(f)
+                plugins = conf.get("plugins") if isinstance(conf.get("plugins"), list) else [conf]
+                ipam = next(p["ipam"] for p in plugins if p.get("type") == "pycni")
+                return [ipaddress.ip_network(r["subnet"]) for rs in ipam.get("ranges") or () for r in rs]
+            except (OSError, ValueError, KeyError, StopIteration, TypeError):
+                return []
+
+        metrics.registry.register(ipam_collector(net.data_dir, net.name, ranges))
+    metrics.alive["helper"] = lambda: os.getppid() == helper_pid
+    socket_path = os.path.join(os.path.dirname(calls_file), "helper.sock")
+    metrics.ready["helper socket"] = lambda: os.path.exists(socket_path)
+    server = serve(metrics, address, record.drain)
+    while os.getppid() == helper_pid:
+        time.sleep(5.0)
+        try:
+            record.drain()
+        except OSError:
+            pass
+    server.shutdown()

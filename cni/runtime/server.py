@@ -140,7 +140,34 @@ def _log(text: str) -> None:
     sys.stderr.flush()
 
 
-def serve(path: str = DEFAULT_SOCKET) -> int:
+def _start_metrics(path: str, address: str, conf_dir: str, server: socket.socket) -> int:
+    """Fork the helper's metrics server while the helper is still one thread (a thread in the
+    helper itself would be copied, half-locked, into every call's child). It dies with us."""
+    helper = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        server.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from cni.linux.children import die_with
+
+        die_with(helper, signal.SIGTERM)
+        from cni.agent.metrics import serve_for_helper
+
+        serve_for_helper(address, os.path.join(os.path.dirname(path), "calls.log"), conf_dir, helper)
+    except BaseException as e:
+        code = 1
+        try:
+            _log(f"metrics server stopped: {e}")
+        except Exception:
+            pass
+    finally:
+        os._exit(code)
+
+
+def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d") -> int:
     _private_dir(path)
     if _answering(path):
         _log(f"another helper is serving on {path}; not starting")
@@ -163,7 +190,8 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
     mine = os.stat(path)
     server.listen(128)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _log(f"serving on {path} (pid {os.getpid()})")
+    metrics_pid = _start_metrics(path, metrics_address, conf_dir, server) if metrics_address else 0
+    _log(f"serving on {path} (pid {os.getpid()})" + (f", metrics on {metrics_address}" if metrics_address else ""))
     build, started_as = build_identity(), _started_as()
     watching: dict[int, tuple[socket.socket, int]] = {}     # fd -> (connection, child pid)
     poller = select.poll()
@@ -183,8 +211,15 @@ def serve(path: str = DEFAULT_SOCKET) -> int:
                 os.unlink(path)
         except OSError:
             pass
+    if metrics_pid:     # its port is the new build's metrics server's
+        try:
+            os.kill(metrics_pid, signal.SIGTERM)
+            os.waitpid(metrics_pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
     if upgraded:        # the same pid becomes the new build; calls meanwhile run in process
-        os.execv(started_as, [started_as, "helper", "--socket", path])
+        extra = ["--metrics-address", metrics_address, "--conf-dir", conf_dir] if metrics_address else []
+        os.execv(started_as, [started_as, "helper", "--socket", path, *extra])
     return 0
 
 

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--json", action="store_true")
     hp = sub.add_parser("helper", help="serve CNI calls from a resident process (faster pod start)")
     hp.add_argument("--socket", default=os.environ.get("PYCNI_HELPER_SOCKET", "/run/pycni/helper.sock"))
+    hp.add_argument("--metrics-address", default="", metavar="HOST:PORT",
+                    help="also serve /metrics, /healthz, /readyz there (nodes without the agent)")
+    hp.add_argument("--conf-dir", default="/etc/cni/net.d", help="the networks whose IPAM ranges are reported")
     return p
 
 
@@ -79,7 +82,7 @@ def main(argv: list[str]) -> int:
     if args.cmd == "helper":
         from cni.runtime.server import serve
 
-        return serve(args.socket)
+        return serve(args.socket, args.metrics_address, args.conf_dir)
     if args.cmd == "agent":
         from cni.agent.main import run
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.k8s_nodes import node_list, node_object
 
-from .conftest import BIN, node  # noqa: F401  (node: the fixture)
+from .conftest import BIN, netconf, node  # noqa: F401  (node: the fixture)
 
 PORT = 19152
 
@@ -103,3 +103,43 @@ def test_metrics_count_the_calls_made_and_health_answers(node):
     finally:
         agent.terminate()
         agent.wait(10)
+
+
+def test_the_helper_serves_metrics_on_a_node_without_the_agent(node):
+    """pycni helper --metrics-address (a hand-made node's unit): the same call counts and IPAM
+    ranges, from a server process the helper forks at its start and that stops with it."""
+    conf_dir = node.tmp / "net.d"
+    conf_dir.mkdir()
+    conf = netconf(node, name="hm", subnet="10.89.0.0/24")
+    (conf_dir / "10-hm.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "hm", "plugins": [{k: v for k, v in conf.items()
+                                                           if k not in ("cniVersion", "name")}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    helper = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket",
+                               str(node.tmp / "helper.sock"), "--metrics-address", f"127.0.0.1:{PORT}",
+                               "--conf-dir", str(conf_dir)], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "metrics on" in helper.stderr.readline()
+        deadline = time.monotonic() + 20
+        while fetch(node, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the helper's metrics never ready"
+            time.sleep(0.2)
+        pods = [node.pod(), node.pod()]
+        for i, pod in enumerate(pods):
+            assert node.pycni("ADD", conf, pod, cid=f"h{i}").rc == 0
+        assert node.pycni("DEL", conf, pods[1], cid="h1").rc == 0
+        got = samples(fetch(node, "/metrics")[1])
+        assert got[("pycni_cni_requests_total", (("code", "0"), ("command", "ADD"), ("plugin", "pycni")))] == 2
+        assert got[("pycni_cni_requests_total", (("code", "0"), ("command", "DEL"), ("plugin", "pycni")))] == 1
+        assert not [k for k in got if k[0] == "pycni_helper_fallbacks_total"]
+        held = {dict(k)["state"]: v for (name, k), v in got.items() if name == "pycni_ipam_addresses"}
+        assert held == {"used": 1, "free": 252}
+        assert fetch(node, "/healthz")[0] == 200
+        node.pycni("DEL", conf, pods[0], cid="h0")
+    finally:
+        helper.terminate()
+        helper.wait(10)
+    deadline = time.monotonic() + 10
+    while fetch(node, "/healthz")[0] != 0:          # its metrics server went with it
+        assert time.monotonic() < deadline, "the metrics server outlived the helper"
+        time.sleep(0.2)
