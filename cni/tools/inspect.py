@@ -40,6 +40,7 @@ class Attachment:
     ifname: str
     hash: str
     host_veth: str = ""
+    netns: str = ""               # the pod's network namespace, when it has a name (/var/run/netns)
     bridge: str = ""
     mac: str = ""
     addresses: list[str] = field(default_factory=list)
@@ -110,7 +111,25 @@ def interfaces() -> list[dict]:
         out.append({"network": network, "container_id": cid, "ifname": ifname, "hash": h,
                     "veth": attr(m, "IFLA_IFNAME", ""), "bridge": by_index.get(attr(m, "IFLA_MASTER", 0), ""),
                     "mac": attr(m, "IFLA_ADDRESS", "")})
+    peers = _peer_namespaces()
+    for link in out:
+        link["netns"] = peers.get(link["veth"], "")
     return out
+
+
+def _peer_namespaces() -> dict[str, str]:
+    """host veth -> the named network namespace its peer is in (`ip` knows the names by nsid)."""
+    def run(*args: str):
+        try:
+            p = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=10)
+            return json.loads(p.stdout or "[]")
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return []
+
+    names_by_id = {n.get("nsid"): n.get("name") for n in run("netns", "list-id") if n.get("name")}
+    return {link["ifname"]: f"/var/run/netns/{names_by_id[link['link_netnsid']]}"
+            for link in run("link", "show", "type", "veth")
+            if link.get("link_netnsid") in names_by_id}
 
 
 def reservations(net: Network) -> dict[str, tuple[str, str]]:
@@ -190,6 +209,7 @@ def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str
         a = atts.setdefault(link["hash"], Attachment(link["network"], link["container_id"], link["ifname"],
                                                      link["hash"]))
         a.host_veth, a.bridge, a.mac = link["veth"], link["bridge"], link["mac"]
+        a.netns = link.get("netns", "")
     with_ipam = {n.name for n in nets if n.data_dir is not None}
     for network, addrs in held.items():
         for ip, (cid, ifname) in sorted(addrs.items()):

@@ -45,6 +45,7 @@ def test_inspect_lists_attachments_and_check_finds_planted_leaks(node):
     assert web_att["addresses"] == [ip_a] and web_att["host_veth"].startswith("veth")
     assert web_att["host_ports"] == [f"tcp 8080 -> {ip_a}:80"] and web_att["firewall"] == "nftables"
     assert web_att["pod"] == "x/web"      # from CNI_ARGS, recorded at ADD
+    assert web_att["netns"] == f"/var/run/netns/{pods[0]}" and atts["other"]["netns"] == f"/var/run/netns/{pods[1]}"
     assert atts["other"]["addresses"] == [ip_b] and atts["other"]["host_ports"] == []
     rc, table = inspect(node)
     assert rc == 0 and "x/web" in table and "2 attachments, 0 problems" in table
