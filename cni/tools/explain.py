@@ -103,6 +103,11 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
     local = _node_addresses() if local is None else local
     host, port, proto = parse_target(dst_text)
     src, dst = resolve(src_text, atts, local), resolve(host, atts, local)
+    if src.kind == "pod" and dst.address is not None and src.address.version != dst.address.version:
+        same = [a for a in src.attachment.addresses if ipaddress.ip_address(a).version == dst.address.version]
+        if not same:
+            raise SystemExit(f"pycni explain: {src.label} has no IPv{dst.address.version} address")
+        src.address = ipaddress.ip_address(same[0])     # a pod speaks to an address of one family from its own
     if src.kind == "node" and src.address is None:     # the address the kernel would choose
         loop = dst.address.is_loopback
         src.address = ipaddress.ip_address(("127.0.0.1" if dst.address.version == 4 else "::1") if loop

@@ -25,6 +25,7 @@ from .conftest import BIN, IP, PREFIX, _counter, netconf, node, ready_line, sh  
 APP = str(Path(__file__).with_name("netapp.py"))
 
 OUT_NODE, OUT_HOST = "192.168.77.1", "192.168.77.2"
+OUT_NODE6, OUT_HOST6 = "fd77::1", "fd77::2"
 
 
 @pytest.fixture
@@ -33,26 +34,35 @@ def world(node):
     sh("ip", "netns", "add", outside)
     try:
         sh("ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside, ns=node.name)
+        sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=node.name)
         sh("ip", "addr", "add", f"{OUT_NODE}/24", "dev", "up0", ns=node.name)
+        sh("ip", "-6", "addr", "add", f"{OUT_NODE6}/64", "dev", "up0", "nodad", ns=node.name)
         sh("ip", "link", "set", "up0", "up", ns=node.name)
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{OUT_HOST}/24", "dev", "eth0"],
-                    ["ip", "link", "set", "eth0", "up"], ["ip", "route", "add", "default", "via", OUT_NODE]):
+        for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"],
+                    ["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{OUT_HOST}/24", "dev", "eth0"],
+                    ["ip", "-6", "addr", "add", f"{OUT_HOST6}/64", "dev", "eth0", "nodad"],
+                    ["ip", "link", "set", "eth0", "up"], ["ip", "route", "add", "default", "via", OUT_NODE],
+                    ["ip", "-6", "route", "add", "default", "via", OUT_NODE6]):
             sh(*cmd, ns=outside)
         conf = netconf(node, name="xpl", ipMasq=True, backend="nftables", capabilities={"portMappings": True},
-                       hairpinMode=True)
+                       hairpinMode=True, ranges=[[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd88::/64"}]])
         conf_dir = node.tmp / "net.d"
         conf_dir.mkdir()
         (conf_dir / "10-xpl.conflist").write_text(json.dumps(
             {"cniVersion": "1.0.0", "name": "xpl", "plugins": [{k: v for k, v in conf.items()
                                                                 if k not in ("cniVersion", "name")}]}))
         pods = {"a": node.pod(), "b": node.pod()}
+        for pod in pods.values():
+            sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=pod)
         ips = {}
         for name, pod in pods.items():
             c = conf if name == "a" else {**conf, "runtimeConfig": {"portMappings": [
                 {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
             res = node.pycni("ADD", c, pod, cid=f"xpl-{name}", args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME={name}")
             assert res.rc == 0, res.out
-            ips[name] = res.out["ips"][0]["address"].split("/")[0]
+            found = [ip["address"].split("/")[0] for ip in res.out["ips"]]
+            ips[name] = next(a for a in found if ":" not in a)
+            ips[name + "6"] = next(a for a in found if ":" in a)
         # pod b serves on 80, so connections through the host port complete
         server = subprocess.Popen([IP, "netns", "exec", pods["b"], sys.executable, APP, "serve", "b", "80"],
                                   stdout=subprocess.PIPE, text=True)
@@ -77,14 +87,15 @@ def trace(node, sender_ns: str | None, daddr: str, port: int, hook: str) -> list
     """The pycni rules the first packet of a TCP connection to daddr:port matches, as the kernel
     reports them. The packet is sent from `sender_ns` (None: the node itself)."""
     rules = (f"table inet pycnit-trace {{\n chain c {{\n  type filter hook {hook} priority -350; policy accept;\n"
-             f"  ip daddr {daddr} tcp dport {port} tcp flags & (syn | ack) == syn meta nftrace set 1\n }}\n}}\n")
+             f"  {'ip6' if ':' in daddr else 'ip'} daddr {daddr} tcp dport {port} tcp flags & (syn | ack) == syn "
+             f"meta nftrace set 1\n }}\n}}\n")
     subprocess.run([IP, "netns", "exec", node.name, "nft", "-f", "-"], input=rules, text=True, check=True)
     mon = subprocess.Popen([IP, "netns", "exec", node.name, "nft", "monitor", "trace"], stdout=subprocess.PIPE,
                            text=True)
     try:
         time.sleep(0.5)
-        code = (f"import socket\ns = socket.socket()\ns.settimeout(0.5)\n"
-                f"try:\n    s.connect(({daddr!r}, {port}))\nexcept OSError:\n    pass\n")
+        code = (f"import socket\n"
+                f"try:\n    socket.create_connection(({daddr!r}, {port}), timeout=0.5)\nexcept OSError:\n    pass\n")
         cmd = [sys.executable, "-c", code]
         subprocess.run([IP, "netns", "exec", sender_ns or node.name, *cmd], timeout=10)
         time.sleep(0.5)
@@ -158,6 +169,23 @@ pol = parse_policy({"metadata": {"namespace": "x", "name": "b-from-clients"}, "s
 labels = {"app": "a", "role": "client"} if sys.argv[4] == "client" else {"app": "a"}
 sync(state, "n", [pol], [pod("a", a, labels), pod("b", b, {"app": "b"})], {"x": {}})
 """
+
+
+def test_explain_agrees_with_the_kernel_trace_on_ipv6(world):
+    node, outside, pods, ips = world
+    flows = [
+        ("pod to pod on one bridge", "xpl-a", f"[{ips['b6']}]:80/tcp", pods["a"], ips["b6"], 80),
+        ("pod to outside, masqueraded", "xpl-a", f"[{OUT_HOST6}]:80/tcp", pods["a"], OUT_HOST6, 80),
+        ("outside to a host port (DNAT)", OUT_HOST6, f"[{OUT_NODE6}]:8080/tcp", outside, OUT_NODE6, 8080),
+    ]
+    for what, src, dst, sender, daddr, port in flows:
+        e = explain(node, src, dst)
+        assert not e["unknown"], (what, e)
+        node.sh("conntrack", "-F", check=False)
+        kernel = trace(node, sender, daddr, port, "prerouting")
+        assert predicted(e) == kernel, f"{what}:\nexplain: {predicted(e)}\nkernel:  {kernel}\n" + "\n".join(e["hops"])
+        assert kernel or what.startswith("pod to pod"), what      # the NAT flows match rules
+    assert any(n.startswith("DNAT") and ips["b6"] in n for n in e["nat"]), e["nat"]
 
 
 def test_explain_gives_the_network_policy_verdict_the_kernel_applies(world):
