@@ -39,6 +39,9 @@ JSON
 
 ip netns add "$NODE"
 ip netns exec "$NODE" ip link set lo up
+# the helper's socket directory (attachment locks, the call record) in the demo's own dir, so the
+# demo leaves nothing in the machine's /run/pycni
+export PYCNI_HELPER_SOCKET="$WORK/helper.sock"
 PYCNI=(ip netns exec "$NODE" .venv/bin/pycni exec)
 OPTS=(--cni-path "$PWD/.venv/bin" --cache-dir "$WORK/cache")
 
