@@ -121,13 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         kind, list_kind, api_version = PATHS[url.path]
         if kind in self.fake.refuse:
-            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                               "reason": "Forbidden", "message": f"{kind} is forbidden"}).encode()
-            self.send_response(403)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._reply(403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                              "reason": "Forbidden", "message": f"{kind} is forbidden"})
             return
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if q.get("watch", "").lower() in ("1", "true"):
@@ -136,10 +131,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         with fake.cond:
             fake.lists[kind] += 1
-            body = json.dumps({"kind": list_kind, "apiVersion": api_version,
-                               "metadata": {"resourceVersion": str(fake.rv)},
-                               "items": list(fake.objects[kind].values())}).encode()
-        self.send_response(200)
+            listing = {"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(fake.rv)},
+                       "items": list(fake.objects[kind].values())}
+        self._reply(200, listing)
+
+    def _reply(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

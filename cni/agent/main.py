@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -135,14 +136,8 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
     calls_file = args.calls_file or os.path.join(os.path.dirname(args.helper or DEFAULT_SOCKET), "calls.log")
     record = m.CallRecord(calls_file, metrics.count_call)
 
-    def ranges() -> list:
-        try:
-            conf = json.loads((conf_dir / args.conf_name).read_text())
-            return [ipaddress.ip_network(r["subnet"]) for rs in conf["plugins"][0]["ipam"]["ranges"] for r in rs]
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            return []
-
-    metrics.registry.register(m.ipam_collector(opts.data_dir, opts.network, ranges))
+    metrics.registry.register(m.ipam_collector(opts.data_dir, opts.network,
+                                               partial(m.conflist_ranges, conf_dir / args.conf_name)))
     metrics.ready["conflist"] = False
     if opts.policy_dir:
         metrics.ready["network policy"] = False

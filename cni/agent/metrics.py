@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -106,6 +107,21 @@ class CallRecord:
         return n
 
 
+def conflist_ranges(path) -> list:
+    """The subnets of the pycni plugin's IPAM ranges in a conflist (none when it cannot be read)."""
+    import ipaddress
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            conf = json.load(f)
+        plugins = conf.get("plugins") if isinstance(conf.get("plugins"), list) else [conf]
+        ipam = next(p["ipam"] for p in plugins if p.get("type") == "pycni")
+        return [ipaddress.ip_network(r["subnet"]) for rs in ipam.get("ranges") or () for r in rs]
+    except (OSError, ValueError, KeyError, StopIteration, TypeError, AttributeError):
+        return []
+
+
 def ipam_collector(data_dir: str, network: str, ranges: Callable[[], list]) -> object:
     """pycni_ipam_addresses{network,range,state} and pycni_attachments from the IPAM store, read
     at scrape time (`ranges`: the subnets of this node's conflist)."""
@@ -173,29 +189,13 @@ def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: i
     """The helper's metrics (a hand-made node without the agent): the CNI calls from the record,
     the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz when
     its socket exists. Runs in a process of its own that the helper forks at its start."""
-    import json
-
     from cni.tools.inspect import networks
 
     metrics = Metrics()
     record = CallRecord(calls_file, metrics.count_call)
     for net in networks(conf_dir):
-        if net.data_dir is None:
-            continue
-
-        def ranges(path=net.conflist, name=net.name) -> list:
-            import ipaddress
-
-            try:
-                with open(path, encoding="utf-8") as f:
-                    conf = json.load(f)
-                plugins = conf.get("plugins") if isinstance(conf.get("plugins"), list) else [conf]
-                ipam = next(p["ipam"] for p in plugins if p.get("type") == "pycni")
-                return [ipaddress.ip_network(r["subnet"]) for rs in ipam.get("ranges") or () for r in rs]
-            except (OSError, ValueError, KeyError, StopIteration, TypeError):
-                return []
-
-        metrics.registry.register(ipam_collector(net.data_dir, net.name, ranges))
+        if net.data_dir is not None:
+            metrics.registry.register(ipam_collector(net.data_dir, net.name, partial(conflist_ranges, net.conflist)))
     metrics.alive["helper"] = lambda: os.getppid() == helper_pid
     socket_path = os.path.join(os.path.dirname(calls_file), "helper.sock")
     metrics.ready["helper socket"] = lambda: os.path.exists(socket_path)

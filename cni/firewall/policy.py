@@ -172,18 +172,30 @@ def forget(state_dir: str, network: str, container_id: str, ifname: str) -> None
     forget_start(state_dir, network, container_id, ifname)()
 
 
-def gc(state_dir: str, network: str, keep: set[str]) -> None:
-    """Forget the attachments of `network` whose record is not in `keep` (attachment hashes):
-    a DEL that never came must not leave a pod's verdicts on an address IPAM hands out again."""
+def read_records(state_dir: str, network: str | None = None) -> dict[str, dict]:
+    """The attachment records (name -> record) in the state dir, of `network` when given (records
+    written before they named their network count as any network's)."""
     base = os.path.join(state_dir, "attachments")
     try:
         names = os.listdir(base)
     except FileNotFoundError:
-        return
+        return {}
+    out = {}
     for name in names:
-        if name in keep or name.endswith(".tmp"):
+        if name.endswith(".tmp"):
             continue
-        record = read_json(os.path.join(base, name))
-        if isinstance(record, dict) and record.get("network") == network:
-            log.info(f"gc: network policy record {name[:16]} ({'/'.join(record.get('pod') or ())})")
+        rec = read_json(os.path.join(base, name))
+        if not (isinstance(rec, dict) and isinstance(rec.get("pod"), list) and len(rec["pod"]) == 2):
+            continue
+        if network is None or rec.get("network") in (None, network):
+            out[name] = rec
+    return out
+
+
+def gc(state_dir: str, network: str, keep: set[str]) -> None:
+    """Forget the attachments of `network` whose record is not in `keep` (attachment hashes):
+    a DEL that never came must not leave a pod's verdicts on an address IPAM hands out again."""
+    for name, record in read_records(state_dir, network).items():
+        if name not in keep:
+            log.info(f"gc: network policy record {name[:16]} ({'/'.join(record['pod'])})")
             forget_start_by_name(state_dir, name)()

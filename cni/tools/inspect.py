@@ -169,23 +169,9 @@ def iptables_chains() -> set[str]:
 
 
 def policy_records(net: Network) -> dict[str, dict]:
-    if not net.policy_dir:
-        return {}
-    base = os.path.join(net.policy_dir, "attachments")
-    out = {}
-    try:
-        files = os.listdir(base)
-    except FileNotFoundError:
-        return out
-    for name in files:
-        try:
-            with open(os.path.join(base, name), encoding="utf-8") as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("network") in (None, net.name):
-            out[name] = rec
-    return out
+    from cni.firewall.policy import read_records
+
+    return read_records(net.policy_dir, net.name) if net.policy_dir else {}
 
 
 def gather(conf_dir: str) -> Report:

@@ -129,12 +129,10 @@ def _value(expr, pkt: Packet):
             if key == "state":
                 return pkt.state
             raise Unknown(f"ct {key}")
-        if "&" in expr:
-            a, b = expr["&"]
-            return _value(a, pkt) & int(b)
-        if "|" in expr:
-            a, b = expr["|"]
-            return _value(a, pkt) | int(b)
+        for op, apply in (("&", int.__and__), ("|", int.__or__)):
+            if op in expr:
+                a, b = expr[op]
+                return apply(_value(a, pkt), int(b))
         if "concat" in expr:
             parts = [_value(e, pkt) for e in expr["concat"]]
             return None if any(p is None for p in parts) else tuple(parts)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.k8s_api import FakeAPI
 
-from .cluster import NODES, OUTSIDE4, Cluster, addresses, api_node, sh
+from .cluster import NODES, OUTSIDE4, Cluster, api_node
 from .conftest import node, ready_line  # noqa: F401  (node: the fixture)
 
 APP = str(Path(__file__).with_name("netpol_app.py"))

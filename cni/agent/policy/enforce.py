@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 from cni.spec.log import log
 from cni.agent.policy.compile import Compiled, compile_policies, render
 from cni.agent.policy.objects import Pod, Policy
-from cni.firewall.policy import PENDING, TABLE, Locked, elements_of, read_json, write_json
+from cni.firewall.policy import PENDING, TABLE, Locked, elements_of, read_json, read_records, write_json
 
 BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
 
@@ -40,22 +40,6 @@ def preconditions() -> str | None:
         except OSError as e:
             return f"bridged traffic cannot be filtered: {path}: {e.strerror} (needs br_netfilter, set to 1)"
     return None
-
-
-def _records(state_dir: str) -> dict[str, dict]:
-    base = os.path.join(state_dir, "attachments")
-    out = {}
-    try:
-        names = os.listdir(base)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if name.endswith(".tmp"):
-            continue
-        rec = read_json(os.path.join(base, name))
-        if isinstance(rec, dict) and isinstance(rec.get("pod"), list) and len(rec["pod"]) == 2:
-            out[name] = rec
-    return out
 
 
 def _write_if_changed(path: str, value) -> bool:
@@ -95,6 +79,11 @@ class Outcome:
     pending: int
     seconds: float
 
+    def summary(self) -> str:
+        c = self.compiled
+        return (f"agent: network policy: {c.policies} policies on this node, {c.rule_count()} rules, "
+                f"{c.element_count()} elements, {self.pending} pending, {self.seconds * 1000:.0f} ms")
+
 
 def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
          namespaces: Mapping[str, Mapping[str, str]]) -> Outcome:
@@ -102,7 +91,7 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
 
     started = time.monotonic()
     with Locked(state_dir):
-        records = _records(state_dir)
+        records = read_records(state_dir)
         recorded: dict[tuple[str, str], list] = {}
         for rec in records.values():
             ips = recorded.setdefault(tuple(rec["pod"]), [])
@@ -131,9 +120,7 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
             if rec.get("elements") != elements:
                 write_json(os.path.join(state_dir, "attachments", name), {**rec, "elements": elements})
     out = Outcome(compiled, sum(map(len, pending.values())), time.monotonic() - started)
-    log.info(f"agent: network policy: {compiled.policies} policies on this node, "
-             f"{compiled.rule_count()} rules, {compiled.element_count()} elements, "
-             f"{out.pending} pending addresses, {out.seconds * 1000:.0f} ms")
+    log.info(out.summary())
     return out
 
 

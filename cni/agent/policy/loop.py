@@ -118,13 +118,8 @@ def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, m
     """The watches and the loop, each in a daemon thread (the API client must be configured)."""
     from cni.agent.watch import follow_objects, lister
 
-    def report(outcome: enforce.Outcome) -> None:
-        c = outcome.compiled
-        print(f"agent: network policy: {c.policies} policies on this node, {c.rule_count()} rules, "
-              f"{c.element_count()} elements, {outcome.pending} pending, {outcome.seconds * 1000:.0f} ms",
-              flush=True)
-
-    loop = PolicyLoop(node, state_dir, on_sync=report, metrics=metrics)
+    loop = PolicyLoop(node, state_dir, on_sync=lambda outcome: print(outcome.summary(), flush=True),
+                      metrics=metrics)
     for kind in KINDS:
         threading.Thread(target=follow_objects, name=f"watch-{kind}", daemon=True,
                          args=(lister(kind), lambda objs, k=kind: loop.update(k, objs), stop, kind)).start()
