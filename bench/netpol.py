@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """NetworkPolicy at scale on one node: N pods and M policies (default 1,000 and 200).
 
-    sudo .venv/bin/python bench/netpol.py [--bin-dir DIR] [--helper] [--pods 1000] [--policies 200] [--adds 30]
+    sudo .venv/bin/python bench/netpol.py [--bin-dir DIR] [--helper] [--agent EXE] [--pods 1000] [--policies 200]
 
 In a throwaway node namespace: a fake API server on the node's loopback (tests/k8s_api.py) serves
 the Node, 20 namespaces, the pods (all scheduled to this node) and the policies; `pycni agent`
@@ -94,8 +94,9 @@ def inside(args) -> None:
             api.put("networkpolicies", policy_obj(i))
         lines: list[tuple[float, str]] = []
         cond = threading.Condition()
+        agent_cmd = [args.agent] if args.agent else [sys.executable, "-m", "cni", "agent"]
         agent = subprocess.Popen(
-            [sys.executable, "-m", "cni", "agent", "--node-name", node, "--kubeconfig", api.kubeconfig(work / "kc"),
+            [*agent_cmd, "--node-name", node, "--kubeconfig", api.kubeconfig(work / "kc"),
              "--from", "none", "--conf-dir", str(work / "net.d"), "--data-dir", str(work / "ipam"),
              "--policy-dir", str(work / "policy"), "--bridge", "nbr0", "--no-masquerade"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
@@ -222,6 +223,8 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=10)
     p.add_argument("--adds", type=int, default=30)
     p.add_argument("--helper", action="store_true", help="calls through `pycni helper` (as the DaemonSet runs)")
+    p.add_argument("--agent", help="the agent executable, e.g. dist/pycni-agent/pycni-agent as in the image "
+                                   "(default: this venv's `python -m cni agent`)")
     p.add_argument("--inside", action="store_true")
     p.add_argument("--prefix", default=f"pycnib-np{os.getpid()}")
     args = p.parse_args()
@@ -229,7 +232,7 @@ def main() -> None:
         inside(args)
         return
     print(f"NetworkPolicy at scale, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.pods} pods and "
-          f"{args.policies} policies on one node", flush=True)
+          f"{args.policies} policies on one node, agent {args.agent or 'python -m cni agent (venv)'}", flush=True)
     run_inside(__file__, args.prefix, [a for a in sys.argv[1:]])
 
 
