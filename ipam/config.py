@@ -1,4 +1,4 @@
-"""IPAM configuration, parsed once into frozen dataclasses (host-local's option names).
+"""IPAM configuration, parsed once into frozen records (host-local's option names).
 
 Rule: everything downstream trusts an `IPAMConfig`; every check on user input happens here.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
 from typing import Any, Iterable
 
+from cni.record import record
 from cni.spec.errors import InvalidConfig, InvalidEnvironment
 from cni.spec.fields import go_keys
 from cni.spec.result import DNS, IPAddress, IPNetwork, Route, parse_route
@@ -19,7 +19,7 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_LOCK_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True)
+@record
 class Range:
     subnet: IPNetwork
     start: IPAddress
@@ -48,7 +48,7 @@ class Range:
 RangeSet = tuple[Range, ...]
 
 
-@dataclass(frozen=True)
+@record
 class IPAMConfig:
     type: str
     network: str

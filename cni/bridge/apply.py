@@ -12,9 +12,9 @@ import errno
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable
 
+from cni.record import record
 from cni.spec import names
 from cni.linux import netns, sysctl
 from cni.linux.links import (addresses_of, attr, delete_link, failed, family, link_kind, lookup, netlink_errno,
@@ -32,7 +32,7 @@ IFA_F_NODAD = 0x02
 # ---------------------------------------------------------------- bridge
 
 
-@dataclass(frozen=True)
+@record
 class LinkInfo:
     name: str
     index: int

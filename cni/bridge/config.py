@@ -7,9 +7,9 @@ Option names are the reference `bridge` plugin's, so an existing conflist works 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cni.record import field, record
 from cni.spec import names, result
 from cni.spec.fields import flag, integer, mapping, string
 from cni.portmap.options import FirewallOptions, PortMapping, parse_mappings, parse_options
@@ -20,7 +20,7 @@ IN_PROCESS_IPAM = "pycni-ipam"
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
-@dataclass(frozen=True)
+@record
 class NetConf:
     cni_version: str
     name: str

@@ -7,14 +7,14 @@ out and makes no decisions of its own. Tests compare plans as literals.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
+from cni.record import record
 from cni.spec import names
 from cni.bridge.config import NetConf
 from cni.spec.result import DNS, IPConfig, IPInterface, Result, Route
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     bridge: str
     bridge_addresses: tuple[IPInterface, ...]   # gateway addresses when isGateway

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
 
+from cni.record import record
 from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
 from cni.firewall.rules import FirewallSpec
@@ -130,7 +130,7 @@ def _ensure_mark_masq(table, Rule, mark: int) -> None:
     chain.insert_rule(rule)
 
 
-@dataclass(frozen=True)
+@record
 class IptRule:
     """One rule as data: rendered as iptables-save text for tests, built with python-iptables."""
     chain: str

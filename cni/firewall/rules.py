@@ -11,9 +11,9 @@ have been set up under the other. python-iptables is imported only on the iptabl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from cni.record import record
 from cni.spec import names
 from cni.portmap.options import FirewallOptions, PortMapping
 from cni.spec.log import log
@@ -23,7 +23,7 @@ NFT = "nftables"
 IPT = "iptables"
 
 
-@dataclass(frozen=True)
+@record
 class FirewallSpec:
     network: str
     container_id: str

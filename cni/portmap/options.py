@@ -7,9 +7,9 @@ tcp/udp/sctp (lower-cased, as containerd sends it), hostIP an address or empty.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Any, Mapping
 
+from cni.record import record
 from cni.spec.errors import InvalidConfig
 from cni.spec.fields import flag, go_keys, integer
 from cni.spec.result import IPAddress
@@ -18,7 +18,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 BACKENDS = ("auto", "nftables", "iptables")
 
 
-@dataclass(frozen=True)
+@record
 class PortMapping:
     host_port: int
     container_port: int
@@ -29,7 +29,7 @@ class PortMapping:
         return self.host_ip is None or self.host_ip.version == family
 
 
-@dataclass(frozen=True)
+@record
 class FirewallOptions:
     snat: bool = True            # masquerade hairpin and localhost -> hostPort traffic
     masq_all: bool = False       # masquerade every DNATed connection (ipvlan/macvlan setups)

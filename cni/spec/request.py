@@ -5,9 +5,9 @@ and stdin exactly once (`build_request`), and the pieces of the contract handler
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import IO, Any, Mapping, Protocol
 
+from cni.record import field, record
 from cni.spec import names
 from cni.spec.errors import InvalidConfig, InvalidEnvironment, InvalidNetns
 from cni.spec.log import log
@@ -24,7 +24,7 @@ KNOWN_ARGS = frozenset({"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"})
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     command: str
     container_id: str = ""

@@ -7,9 +7,9 @@ JSON; `parse(obj)` accepts 0.3.x, 0.4.0 and 1.x shapes (prevResult, delegated IP
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any
 
+from cni.record import field, record
 from cni.spec.errors import DecodeFailure
 from cni.spec.version import at_least
 
@@ -18,7 +18,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
+@record
 class Interface:
     name: str
     mac: str = ""
@@ -26,7 +26,7 @@ class Interface:
     mtu: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class IPConfig:
     address: IPInterface
     gateway: IPAddress | None = None
@@ -37,7 +37,7 @@ class IPConfig:
         return self.address.version
 
 
-@dataclass(frozen=True)
+@record
 class Route:
     dst: IPNetwork
     gw: IPAddress | None = None
@@ -48,7 +48,7 @@ class Route:
     scope: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class DNS:
     nameservers: tuple[str, ...] = ()
     domain: str = ""
@@ -59,7 +59,7 @@ class DNS:
         return not (self.nameservers or self.domain or self.search or self.options)
 
 
-@dataclass(frozen=True)
+@record
 class Result:
     interfaces: tuple[Interface, ...] = ()
     ips: tuple[IPConfig, ...] = ()
