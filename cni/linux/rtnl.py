@@ -11,7 +11,6 @@ Rule: methods raise `NetlinkError` (errno in `.code`) exactly like pyroute2 does
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import struct
@@ -42,10 +41,49 @@ class NetlinkError(Exception):
         self.code = code
 
 
+def _find_spec(name: str, path: list[str] | None = None):
+    """What `importlib.util.find_spec` answers for a module not imported yet, without importing
+    `importlib.util`: the first finder on `sys.meta_path` that knows it."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, path) if find is not None else None
+        if spec is not None:
+            return spec
+    return None
+
+
+def _deferred_config(search_path: list[str]) -> types.ModuleType:
+    """`pyroute2.config` as the message classes see it at import, the real module on first need.
+
+    The message modules read three of its names when they load (`AF_BRIDGE` and the lists of
+    extra link-kind plugins, empty unless a program adds to them). The module itself imports
+    `multiprocessing` and `platform` and calls `uname` for names a CNI call never reads: ~3.5 ms of
+    every start. Those three are given here with the module's own values
+    (tests/unit/test_rtnl_imports.py compares them); reading any other name runs the real module
+    in this same module object first, so every other name has its real value.
+    """
+    spec = _find_spec("pyroute2.config", search_path)
+    if spec is None:
+        raise ImportError("pyroute2.config is not installed")
+    config = types.ModuleType(spec.name)
+    config.__spec__, config.__file__, config.__loader__ = spec, spec.origin, spec.loader
+    config.__path__ = spec.submodule_search_locations or []
+    config.AF_BRIDGE = getattr(socket, "AF_BRIDGE", 7)
+    config.data_plugins_pkgs, config.data_plugins_path = [], []
+
+    def load_the_module(name: str):
+        del config.__dict__["__getattr__"]
+        spec.loader.exec_module(config)
+        return getattr(config, name)
+
+    config.__getattr__ = load_the_module
+    return config
+
+
 def _import_messages():
     """pyroute2's rtnl message classes, without running the pyroute2 package `__init__`."""
     if "pyroute2" not in sys.modules:
-        spec = importlib.util.find_spec("pyroute2")
+        spec = _find_spec("pyroute2")
         if spec is None or not spec.submodule_search_locations:
             raise ImportError("pyroute2 is not installed")
         pkg = types.ModuleType("pyroute2")
@@ -53,6 +91,8 @@ def _import_messages():
         pkg.__spec__ = spec
         pkg.__file__ = spec.origin
         sys.modules["pyroute2"] = pkg   # a bare package: submodules import, the __init__ does not run
+        if "pyroute2.config" not in sys.modules:
+            pkg.config = sys.modules["pyroute2.config"] = _deferred_config(pkg.__path__)
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
