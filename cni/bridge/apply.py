@@ -282,7 +282,7 @@ def delete_host_veth(ipr: Any, network: str, container_id: str, ifname: str) -> 
         log.warning(f"{name} is not this attachment's veth (alias {alias!r}, kind {link_kind(msg)!r}): "
                     "left alone")
         return False
-    return delete_link(ipr, name)
+    return delete_link(ipr, name, until="unregistered")   # the pod end goes in the same step
 
 
 # ---------------------------------------------------------------- CHECK

@@ -74,13 +74,17 @@ def addresses_of(ipr: Any, index: int) -> list[IPInterface]:
     return out
 
 
-def delete_link(ipr: Any, ifname: str) -> bool:
-    """Remove `ifname`; False when it was not there."""
+def delete_link(ipr: Any, ifname: str, *, until: str = "returned") -> bool:
+    """Remove `ifname`; False when it was not there. `until="unregistered"` returns once the
+    kernel has taken the link out (see `Rtnl.unregister_link`), not when its deletion returns."""
     msg = lookup(ipr, ifname)
     if msg is None:
         return False
     try:
-        ipr.delete_link(msg["index"])
+        if until == "unregistered":
+            ipr.unregister_link(msg["index"])
+        else:
+            ipr.delete_link(msg["index"])
     except Exception as e:
         if netlink_errno(e) in (errno.ENODEV, errno.ENOENT):
             return False

@@ -32,7 +32,9 @@ IFF_UP, IFF_PROMISC = 0x1, 0x100
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP, RTNLGRP_LINK = 1, 2, 1
 _HDR = struct.Struct("IHHII")
+_IFINFO = struct.Struct("B3xi")     # struct ifinfomsg: family, pad, type, index
 
 
 class NetlinkError(Exception):
@@ -103,6 +105,25 @@ def _import_messages():
 ifinfmsg, ifaddrmsg, rtmsg = _import_messages()
 
 
+def _unregistered(chunk: bytes, seq: int, index: int) -> bool:
+    """Whether `chunk` holds link `index`'s RTM_DELLINK notification or the success reply of
+    request `seq`; raises the request's error."""
+    offset = 0
+    while offset + _HDR.size <= len(chunk):
+        length, kind = _HDR.unpack_from(chunk, offset)[:2]
+        if length < _HDR.size:
+            raise NetlinkError(71, "malformed netlink message")   # EPROTO
+        if kind == RTM_DELLINK and _IFINFO.unpack_from(chunk, offset + _HDR.size) == (0, index):
+            return True     # family 0: the link's own notification (a bridge port's is AF_BRIDGE)
+        if kind == NLMSG_ERROR and _HDR.unpack_from(chunk, offset)[3] == seq:
+            err = struct.unpack_from("i", chunk, offset + _HDR.size)[0]
+            if err:
+                raise NetlinkError(-err)
+            return True
+        offset += (length + 3) & ~3
+    return False
+
+
 class Rtnl:
     """One netlink socket, bound to the network namespace it was opened in."""
 
@@ -121,7 +142,7 @@ class Rtnl:
 
     # ------------------------------------------------------------ transport
 
-    def _request(self, cls, msg_type: int, flags: int, fields: dict, attrs: list) -> list:
+    def _encode(self, cls, msg_type: int, flags: int, fields: dict, attrs: list) -> bytes:
         self.seq += 1
         msg = cls()
         msg["header"]["type"] = msg_type
@@ -132,7 +153,10 @@ class Rtnl:
             msg[key] = value
         msg["attrs"] = attrs
         msg.encode()
-        self.sock.send(msg.data)
+        return msg.data
+
+    def _request(self, cls, msg_type: int, flags: int, fields: dict, attrs: list) -> list:
+        self.sock.send(self._encode(cls, msg_type, flags, fields, attrs))
         out = []
         while True:
             data = self.sock.recv(1 << 20)
@@ -265,6 +289,62 @@ class Rtnl:
 
     def delete_link(self, index: int) -> None:
         self._link(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, index=index)
+
+    def unregister_link(self, index: int) -> None:
+        """Delete link `index`; return as soon as the kernel has unregistered it, not when the
+        deleting call returns.
+
+        The kernel takes a veth pair out of its namespaces (names free, RTM_DELLINK sent to
+        listeners) within ~1-2 ms, then the same call waits 15-30 ms more for RCU callbacks and
+        device references before it returns: the deletion is already irrevocable, and finishes in
+        the kernel whatever this process does. So the request is sent from a thread while this
+        one reads the socket, joined to the link group for the duration: the link's RTM_DELLINK
+        notification (or the request's error) ends the wait. If messages were lost (a full socket
+        buffer on a busy node), the request's own return decides, by looking the link up.
+        A process that exits meanwhile lingers until the call returns; the kernel's work and the
+        process's locks end together.
+        """
+        data = self._encode(ifinfmsg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
+                            {"family": 0, "index": index, "flags": 0, "change": 0}, [])
+        seq = self.seq
+        import select
+        import threading
+
+        returned = threading.Event()
+        failure: list[OSError] = []
+
+        def send() -> None:
+            try:
+                self.sock.send(data)
+            except OSError as e:
+                failure.append(e)
+            finally:
+                returned.set()
+
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
+        try:
+            threading.Thread(target=send, name="rtnl-unregister", daemon=True).start()
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            while True:
+                finished = returned.is_set()     # read before polling: a set flag means every
+                if poller.poll(20):              # reply the call produced is queued by now
+                    try:
+                        chunk = self.sock.recv(1 << 20)
+                    except OSError as e:
+                        if e.errno != 105:       # ENOBUFS: messages were dropped; go on reading
+                            raise
+                        continue
+                    if _unregistered(chunk, seq, index):
+                        return
+                elif finished:
+                    if failure:
+                        raise failure[0]
+                    if self.link_by_index(index) is not None:
+                        raise NetlinkError(5, "the link is still there after its deletion")  # EIO
+                    return
+        finally:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, RTNLGRP_LINK)
 
     # ------------------------------------------------------------ addresses
 

@@ -306,7 +306,7 @@ def wait_for_process(command: str, timeout: float = 30) -> int:
         if pids:
             return int(pids[0])
         time.sleep(0.02)
-    raise AssertionError(f"no process {marker!r}")
+    raise AssertionError(f"no process {command!r}")
 
 
 @pytest.mark.parametrize("through", ["helper", "in-process"])
@@ -422,3 +422,25 @@ def test_status_says_whether_the_helper_is_in_use(node):
         assert took < 3.0, took                     # one hand-over timeout, not two
     finally:
         stop(helper)
+
+
+@pytest.mark.parametrize("through", ["helper", "in-process"])
+def test_a_del_answers_once_both_veth_ends_are_gone(node, through, request):
+    """DEL answers when the kernel has unregistered the veth pair (its RTM_DELLINK notification),
+    not when the kernel's deleting call returns 15-30 ms later: by the answer both ends are out of
+    their namespaces, so what the runtime does next (look, ADD the same attachment again) finds
+    nothing of the old one."""
+    if through == "helper":
+        request.getfixturevalue("helper")
+    extra = {} if through == "helper" else {"PYCNI_HELPER": "0"}
+    pod = node.pod()
+    conf = netconf(node)
+    for _ in range(6):
+        add = node.pycni("ADD", conf, pod, cid="again", env=extra)
+        assert add.rc == 0, add.out
+        assert node.pycni("DEL", conf, pod, cid="again", env=extra).rc == 0
+        assert not [link for link in node.links() if link.startswith("veth")], node.links()
+        assert "eth0" not in sh("ip", "-o", "link", ns=pod)
+    assert node.reservations("testnet") == []
+    if through == "helper":
+        assert served_by_helper(node) == 6
