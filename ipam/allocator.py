@@ -71,7 +71,7 @@ def find(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
 
 def allocate(conf: IPAMConfig, store: Store, container_id: str, ifname: str) -> list[IPConfig]:
     """One address per range set, for (container_id, ifname). All or nothing."""
-    held = find(store, container_id, ifname)
+    held = store.held_by(container_id, ifname, exhaustive=False)
     if held:
         raise CNIError(
             "duplicate allocation",
@@ -107,6 +107,7 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     ips = find(store, container_id, ifname)      # every file: host-local's reservations too
     for ip in ips:
         store.release(ip)
+    store.forget(container_id, ifname)
     return ips
 
 
@@ -130,6 +131,7 @@ def collect_garbage(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAd
         if not keep:
             store.release(ip)
             gone.append(ip)
+    store.prune()
     return gone
 
 

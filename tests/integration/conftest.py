@@ -145,10 +145,23 @@ class Node:
                       if p.name != "lock" and not p.name.startswith(("last_", ".")))
 
     def scratch_files(self, network: str) -> list[str]:
-        """Anything in the network's data dir besides reservations, the lock and the cursors
-        (a reservation half written, a temporary file): nothing, after any operation."""
+        """Anything in the network's data dir besides reservations, the lock, the cursors and the
+        attachments' links to live reservations (a reservation half written, a temporary file, a
+        link whose address file is gone): nothing, after any operation."""
         d = self.data_dir / network
-        return sorted(p.name for p in d.iterdir() if p.name.startswith(".")) if d.exists() else []
+        return stray_files(d) if d.exists() else []
+
+
+def stray_files(netdir: Path) -> list[str]:
+    out = [p.name for p in netdir.iterdir() if p.name.startswith(".") and p.name != ".pycni-held"]
+    index = netdir / ".pycni-held"
+    for key in sorted(index.iterdir()) if index.exists() else ():
+        if key.name == "complete":
+            continue
+        links = list(key.iterdir()) if key.is_dir() else []
+        out += [f".pycni-held/{key.name}"] if not links else []
+        out += [f".pycni-held/{key.name}/{p.name}" for p in links if p.stat().st_nlink < 2]
+    return sorted(out)
 
 
 @pytest.fixture

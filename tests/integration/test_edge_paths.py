@@ -111,8 +111,9 @@ def test_a_repeated_add_never_frees_the_first_adds_address(node):
     assert first.rc == 0, first.out
     kept = node.reservations("testnet")
     # pycni once kept an index beside the address files and trusted it alone: without it the
-    # second ADD got a second address, and its rollback then released both
-    shutil.rmtree(node.data_dir / "testnet" / ".pycni-index", ignore_errors=True)
+    # second ADD got a second address, and its rollback then released both. The links ADD asks
+    # now are remade from the address files when they are gone
+    shutil.rmtree(node.data_dir / "testnet" / ".pycni-held")
     again = node.pycni("ADD", conf, pod, cid="twice")
     assert again.rc != 0
     assert node.reservations("testnet") == kept

@@ -131,7 +131,10 @@ def main() -> int:
         t.join()
     netdir = Path(args.data) / "concnet"
     leaked = [p.name for p in netdir.iterdir() if p.name[0].isdigit() or ":" in p.name] if netdir.exists() else []
-    leaked += [p.name for p in netdir.iterdir() if p.name.startswith(".")] if netdir.exists() else []
+    leaked += [p.name for p in netdir.iterdir() if p.name.startswith(".") and p.name != ".pycni-held"] \
+        if netdir.exists() else []
+    index = netdir / ".pycni-held"      # every attachment DEL'ed: no link may be left
+    leaked += [f".pycni-held/{p.name}" for p in index.iterdir() if p.name != "complete"] if index.exists() else []
     leaked += [n for n in os.listdir("/sys/class/net") if n.startswith("veth")]
     leaked += firewall_leftovers(args.backend)
     ops = counts["ADD"] + counts["CHECK"] + counts["DEL"]

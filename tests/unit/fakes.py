@@ -38,5 +38,11 @@ class FakeStore:
     def holders(self):
         return dict(self.files)
 
-    def held_by(self, container_id, ifname):
+    def forget(self, container_id, ifname):
+        pass        # no links kept beside the "files"
+
+    def prune(self):
+        pass
+
+    def held_by(self, container_id, ifname, exhaustive=True):
         return [ip for ip, h in self.files.items() if h in ((container_id, ifname), (container_id, ""))]

@@ -284,7 +284,7 @@ def test_concurrent_processes_never_share_an_address(tmp_path):
         got = [a for chunk in pool.map(_worker, [(str(tmp_path), n, 25) for n in range(8)]) for a in chunk]
     assert len(got) == 200
     assert len(set(got)) == 200
-    assert len(os.listdir(tmp_path / "net1")) == 200 + 2   # + lock + cursor
+    assert len(os.listdir(tmp_path / "net1")) == 200 + 3   # + lock + cursor + the attachments' links
 
 
 def test_duplicates_are_found_in_the_address_files_themselves(tmp_path):
@@ -325,3 +325,89 @@ def test_paths_with_nul_bytes_are_config_errors():
         conf([[{"subnet": "10.1.0.0/24"}]], resolvConf="/etc/res\x00olv.conf")
     with pytest.raises(InvalidConfig):
         conf([[{"subnet": "10.1.0.0/24"}]], dataDir="/var/lib/\x00x")
+
+
+# ---------------------------------------------------------------- ADD's attachment links
+
+
+def _both_ways(store, cid, ifname):
+    return sorted(map(str, store.held_by(cid, ifname))), sorted(map(str, store.held_by(cid, ifname, exhaustive=False)))
+
+
+def test_the_links_answer_as_the_address_files_do_through_any_history(tmp_path):
+    """Random reservations and releases of six attachments (one with an id-only file, as old
+    host-local wrote): after every step the links say exactly what a scan of the files says."""
+    import random
+
+    rnd = random.Random(7)
+    s = DiskStore(str(tmp_path / "net1"))
+    attachments = [(f"c{n}", "eth0") for n in range(4)] + [("c0", "eth1"), ("old", "")]
+    with s.lock():
+        for step in range(300):
+            cid, ifname = rnd.choice(attachments)
+            held = s.held_by(cid, ifname)
+            if held and rnd.random() < 0.5:
+                s.release(rnd.choice(held))
+            else:
+                s.reserve(ip(f"10.1.0.{rnd.randrange(1, 40)}"), cid, ifname, 0)
+            if step == 150:     # old host-local format, then the index rebuilt from the files
+                (tmp_path / "net1" / "10.1.1.1").write_text("old")
+                shutil.rmtree(tmp_path / "net1" / ".pycni-held")
+            for a in attachments:
+                assert _both_ways(s, *a)[0] == _both_ways(s, *a)[1], (step, a)
+        for held_ip in list(s.holders()):
+            s.release(held_ip)
+    assert os.listdir(tmp_path / "net1" / ".pycni-held") == ["complete"]   # no link left behind
+
+
+def test_links_of_a_directory_written_without_them_are_made_once_from_the_files(tmp_path):
+    d = tmp_path / "net1"
+    d.mkdir()
+    (d / "10.1.0.2").write_text("a\r\neth0")           # host-local / pycni 0.1 format
+    (d / "10.1.0.3").write_text("b")                   # host-local before ifnames
+    (d / "last_reserved_ip.0").write_text("10.1.0.3")
+    (d / "lock").write_text("")
+    s = DiskStore(str(d))
+    with s.lock():
+        assert s.held_by("a", "eth0", exhaustive=False) == [ip("10.1.0.2")]
+        assert s.held_by("b", "eth3", exhaustive=False) == [ip("10.1.0.3")]
+        assert s.held_by("c", "eth0", exhaustive=False) == []
+    assert (d / ".pycni-held" / "complete").exists()
+    c = conf([[{"subnet": "10.1.0.0/24"}]], dataDir=str(tmp_path))
+    with pytest.raises(CNIError, match="duplicate"):
+        service.add(c, "a", "eth0")
+
+
+def test_a_link_counts_only_while_it_is_the_address_files_inode(tmp_path):
+    s = DiskStore(str(tmp_path / "net1"))
+    with s.lock():
+        assert s.reserve(ip("10.1.0.5"), "a", "eth0", 0)
+        s.held_by("x", "eth0", exhaustive=False)               # the directory is complete
+        # a crash between removing the address file and its link, then someone else takes it
+        os.unlink(tmp_path / "net1" / "10.1.0.5")
+        assert s.held_by("a", "eth0", exhaustive=False) == []
+        assert s.reserve(ip("10.1.0.5"), "b", "eth0", 0)
+        assert s.held_by("a", "eth0", exhaustive=False) == []
+        assert s.held_by("b", "eth0", exhaustive=False) == [ip("10.1.0.5")]
+        # a crash between making a link and the address name: a link to nothing of that name
+        s._link_attachment(str(tmp_path / "net1" / "10.1.0.5"), ip("10.1.0.6"), "a", "eth0")
+        assert s.held_by("a", "eth0", exhaustive=False) == []
+    assert not (tmp_path / "net1" / ".pycni-held" / s._link_path(ip("10.1.0.6"), "a", "eth0")).exists()
+
+
+def test_add_reads_no_address_file_on_a_full_directory(tmp_path, monkeypatch):
+    """What the links are for: ADD's duplicate check opens none of the 300 address files."""
+    c = conf([[{"subnet": "10.1.0.0/22"}]], dataDir=str(tmp_path))
+    for n in range(300):
+        service.add(c, f"c{n}", "eth0")
+    opened = []
+    real_open = os.open
+
+    def counting(path, *a, **kw):
+        opened.append(str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", counting)
+    service.add(c, "new", "eth0")
+    addresses = [p for p in opened if os.path.basename(p)[:1].isdigit() and "." in os.path.basename(p)]
+    assert addresses == [], addresses[:5]
