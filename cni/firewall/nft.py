@@ -276,6 +276,72 @@ def _run(commands: str, json_output: bool = False) -> Outcome:
     return _nft(["-f", "-"], commands.encode())
 
 
+class CommitWatch:
+    """When a transaction that another thread of this process runs through libnftables is in
+    force. The kernel applies a batch, announces the new generation (NFT_MSG_NEWGEN, carrying the
+    id of the thread that committed it), then, for element deletions, waits ~9 ms more for the
+    set's readers before the call returns. Opened before the transaction starts, in the network
+    namespace it runs in; listens to the nftables multicast group."""
+
+    GROUP, NEWGEN, GEN_PROC_PID = 7, (10 << 8) | 15, 2   # NFNLGRP_NFTABLES, NFNL_SUBSYS_NFTABLES
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 12)  # NETFILTER
+        try:
+            self.sock.bind((0, 1 << (self.GROUP - 1)))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def wait(self, thread_id: int, finished, ignore) -> bool:
+        """True once thread `thread_id` committed a generation while `ignore()` was false; False
+        when `finished` is set first (the transaction failed, or its announcement was lost)."""
+        import select
+
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            done = finished.is_set()        # read before polling: then every announcement it
+            if poller.poll(20):             # made is queued already
+                try:
+                    chunk = self.sock.recv(1 << 16)
+                except OSError as e:
+                    if e.errno != 105:      # ENOBUFS: some were dropped; go on reading
+                        raise
+                    continue
+                if self.committed_by(chunk, thread_id) and not ignore():
+                    return True
+            elif done:
+                return False
+
+    @classmethod
+    def committed_by(cls, chunk: bytes, thread_id: int) -> bool:
+        import struct
+
+        offset = 0
+        while offset + 16 <= len(chunk):
+            length, kind = struct.unpack_from("IH", chunk, offset)
+            if length < 16:
+                return False
+            if kind == cls.NEWGEN:
+                at, end = offset + 20, offset + length     # after nlmsghdr and nfgenmsg
+                while at + 4 <= end:
+                    size, attr = struct.unpack_from("HH", chunk, at)
+                    if size < 4:
+                        break
+                    if attr & 0x7fff == cls.GEN_PROC_PID and size >= 8 \
+                            and struct.unpack_from("!I", chunk, at + 4)[0] == thread_id:
+                        return True
+                    at += (size + 3) & ~3
+            offset += (length + 3) & ~3
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def transaction(script: str, *, check: bool = True) -> Outcome:
     proc = _run(script)
     if check and proc.returncode != 0:

@@ -120,9 +120,8 @@ def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ip
 
 
 def forget_start(state_dir: str, network: str, container_id: str, ifname: str):
-    """Start removing the attachment's elements; returns `finish()`, which waits for that and
-    drops the record. The kernel takes ~12 ms to commit element deletions (it waits for readers
-    of the set to move on): started before the veth is deleted, the two waits overlap."""
+    """Start removing the attachment's elements; returns `finish()`, which waits until the removal
+    is in force and drops the record. Started before the veth is deleted, the two overlap."""
     return forget_start_by_name(state_dir, record_name(network, container_id, ifname))
 
 
@@ -136,33 +135,54 @@ def forget_start_by_name(state_dir: str, name: str):
     try:
         record = read_json(path)
         elements = (record.get("elements") or []) if isinstance(record, dict) else []
-        worker = None
+        worker = watch = None
         if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
             import threading
 
-            def remove() -> None:
-                proc = nft.transaction(render_remove(elements), check=False)
-                if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
-                    log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
-                    for element in elements:
-                        nft.transaction(render_remove([element]), check=False)
+            started, finished, one_by_one = threading.Event(), threading.Event(), threading.Event()
+            thread_id: list[int] = []
 
-            nft._library()                  # loaded here, not raced by two threads
-            worker = threading.Thread(target=remove, name="policy-del")
+            def remove() -> None:
+                thread_id.append(threading.get_native_id())
+                started.set()
+                try:
+                    proc = nft.transaction(render_remove(elements), check=False)
+                    if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
+                        one_by_one.set()        # (their commits are not the batch's)
+                        log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
+                        for element in elements:
+                            nft.transaction(render_remove([element]), check=False)
+                finally:
+                    finished.set()
+
+            if nft._library() is not None:  # loaded here, not raced by two threads
+                try:                        # in process only: the nft program commits as itself
+                    watch = nft.CommitWatch()
+                except OSError as e:
+                    log.warning(f"network policy: cannot watch nftables commits ({e}): waiting for the call")
+            worker = threading.Thread(target=remove, name="policy-del", daemon=True)
             worker.start()
     except BaseException:
+        if watch is not None:
+            watch.close()
         lock.__exit__(None, None, None)
         raise
 
     def finish() -> None:
+        """Returns once the removal is in force: on the kernel's announcement of the batch's
+        commit (it then waits ~9 ms more for the sets' readers before the call returns; a process
+        that exits meanwhile lingers until it does), else when the removal has finished."""
         try:
             if worker is not None:
-                worker.join()
+                if watch is None or not (started.wait() and watch.wait(thread_id[0], finished, one_by_one.is_set)):
+                    worker.join()
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
         finally:
+            if watch is not None:
+                watch.close()
             lock.__exit__(None, None, None)
 
     return finish

@@ -37,8 +37,9 @@ def _warm_up() -> None:
     from cni.portmap import plugin as portmap  # noqa: F401
     from ipam import plugin as ipam_plugin, service  # noqa: F401
     from cni.runtime import attachment_lock  # noqa: F401
-    from cni.spec import request, result  # noqa: F401
+    from cni.spec import names, request, result  # noqa: F401
 
+    names.sha256_hex("")    # its C module (every call hashes names): loaded once, not per child
     nft._library()          # dlopen libnftables once: children share the mapping
     ipr = rtnl.Rtnl()       # pyroute2's tables, built once (read-only dumps of our namespace)
     try:
