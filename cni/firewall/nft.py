@@ -342,6 +342,65 @@ class CommitWatch:
         self.sock.close()
 
 
+def start_transaction(script: str, name: str):
+    """Run `script` in a thread; the returned `wait()` gives its exit status (or the exception it
+    raised) as soon as that is known: 0 the moment the kernel announces the batch's commit (with
+    libnftables, see `CommitWatch`), else when the call returns. Element deletions spend 9-15 ms
+    in the kernel after their commit; a process that exits meanwhile lingers until they end."""
+    import threading
+
+    outcome: list = []
+    started, finished = threading.Event(), threading.Event()
+    thread_id: list[int] = []
+    watch = None
+    if _library() is not None:          # loaded here, not raced by two threads
+        try:
+            watch = CommitWatch()
+        except OSError as e:
+            log.warning(f"nftables: cannot watch commits ({e}): waiting for the call")
+
+    # closing a socket that listened to nftables waits for the kernel's RCU grace period, which
+    # the commit is still in: the last of the worker and wait() to be done with it closes it
+    users, users_lock = [2], threading.Lock()
+
+    def done_with_watch() -> None:
+        with users_lock:
+            users[0] -= 1
+            last = users[0] == 0
+        if last and watch is not None:
+            watch.close()
+
+    def work() -> None:
+        thread_id.append(threading.get_native_id())
+        started.set()
+        try:
+            outcome.append(_run(script).returncode)
+        except BaseException as e:      # reported by wait(), in the caller's thread
+            outcome.append(e)
+        finally:
+            finished.set()
+            done_with_watch()
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    try:
+        worker.start()
+    except BaseException:
+        if watch is not None:
+            watch.close()
+        raise
+
+    def wait():
+        try:
+            if watch is not None and started.wait() and watch.wait(thread_id[0], finished, lambda: False):
+                return 0
+            worker.join()
+            return outcome[0] if outcome else 1
+        finally:
+            done_with_watch()
+
+    return wait
+
+
 def transaction(script: str, *, check: bool = True) -> Outcome:
     proc = _run(script)
     if check and proc.returncode != 0:
@@ -414,32 +473,20 @@ def setup(spec: FirewallSpec) -> None:
 
 
 def teardown_start(spec: FirewallSpec):
-    """Start the delete transaction; the returned function waits for it and, if it failed (rules
-    unknown or changed), finds the attachment's elements by their comment and deletes those. The
-    transaction runs in a thread (libnftables, or the nft program with its deadline) while the
-    caller deletes the veth, a kernel wait of 16-30 ms in which the GIL is free."""
+    """Start the delete transaction; the returned function waits until it is in force and, if it
+    failed (rules unknown or changed), finds the attachment's elements by their comment and deletes
+    those. The transaction runs in a thread (libnftables, or the nft program with its deadline)."""
     script = render_delete(spec) if spec.pod_ips and (spec.mappings or spec.masquerade) else ""
     if not script.strip():
         return lambda: _teardown_by_comment(spec)
-    import threading
-
-    outcome: list = []
-
-    def delete() -> None:
-        try:
-            outcome.append(_run(script).returncode)
-        except BaseException as e:          # reported by finish(), in the caller's thread
-            outcome.append(e)
-
-    worker = threading.Thread(target=delete, name="pycni-nft-delete", daemon=True)
-    worker.start()
+    wait = start_transaction(script, "pycni-nft-delete")
 
     def finish() -> None:
-        worker.join()
-        if outcome and outcome[0] == 0 and spec.exhaustive:
+        status = wait()
+        if status == 0 and spec.exhaustive:
             return
-        if outcome and isinstance(outcome[0], BaseException):
-            log.warning(f"nftables: delete transaction failed: {outcome[0]}")
+        if isinstance(status, BaseException):
+            log.warning(f"nftables: delete transaction failed: {status}")
         _teardown_by_comment(spec)
 
     return finish

@@ -135,54 +135,28 @@ def forget_start_by_name(state_dir: str, name: str):
     try:
         record = read_json(path)
         elements = (record.get("elements") or []) if isinstance(record, dict) else []
-        worker = watch = None
+        wait = None
         if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
-            import threading
-
-            started, finished, one_by_one = threading.Event(), threading.Event(), threading.Event()
-            thread_id: list[int] = []
-
-            def remove() -> None:
-                thread_id.append(threading.get_native_id())
-                started.set()
-                try:
-                    proc = nft.transaction(render_remove(elements), check=False)
-                    if proc.returncode != 0:    # a set gone (table flushed by hand?): each element alone
-                        one_by_one.set()        # (their commits are not the batch's)
-                        log.warning(f"network policy: {proc.stderr.decode(errors='replace').strip()[:300]}")
-                        for element in elements:
-                            nft.transaction(render_remove([element]), check=False)
-                finally:
-                    finished.set()
-
-            if nft._library() is not None:  # loaded here, not raced by two threads
-                try:                        # in process only: the nft program commits as itself
-                    watch = nft.CommitWatch()
-                except OSError as e:
-                    log.warning(f"network policy: cannot watch nftables commits ({e}): waiting for the call")
-            worker = threading.Thread(target=remove, name="policy-del", daemon=True)
-            worker.start()
+            wait = nft.start_transaction(render_remove(elements), "policy-del")
     except BaseException:
-        if watch is not None:
-            watch.close()
         lock.__exit__(None, None, None)
         raise
 
     def finish() -> None:
-        """Returns once the removal is in force: on the kernel's announcement of the batch's
-        commit (it then waits ~9 ms more for the sets' readers before the call returns; a process
-        that exits meanwhile lingers until it does), else when the removal has finished."""
+        """Returns once the removal is in force (see `nft.start_transaction`)."""
         try:
-            if worker is not None:
-                if watch is None or not (started.wait() and watch.wait(thread_id[0], finished, one_by_one.is_set)):
-                    worker.join()
+            if wait is not None:
+                status = wait()
+                if status != 0:         # a set gone (table flushed by hand?): each element alone
+                    log.warning(f"network policy: removing {len(elements)} elements failed ({status}): "
+                                "one at a time")
+                    for element in elements:
+                        nft.transaction(render_remove([element]), check=False)
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
         finally:
-            if watch is not None:
-                watch.close()
             lock.__exit__(None, None, None)
 
     return finish
