@@ -295,26 +295,12 @@ class CommitWatch:
             self.sock.close()
             raise
 
-    def wait(self, thread_id: int, finished, ignore) -> bool:
-        """True once thread `thread_id` committed a generation while `ignore()` was false; False
-        when `finished` is set first (the transaction failed, or its announcement was lost)."""
-        import select
+    def wait(self, thread_id: int, finished) -> bool:
+        """True once thread `thread_id` committed a generation; False when `finished` is set first
+        (the transaction failed, or its announcement was lost)."""
+        from cni.linux.nlwait import read_until
 
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        while True:
-            done = finished.is_set()        # read before polling: then every announcement it
-            if poller.poll(20):             # made is queued already
-                try:
-                    chunk = self.sock.recv(1 << 16)
-                except OSError as e:
-                    if e.errno != 105:      # ENOBUFS: some were dropped; go on reading
-                        raise
-                    continue
-                if self.committed_by(chunk, thread_id) and not ignore():
-                    return True
-            elif done:
-                return False
+        return read_until(self.sock, finished, lambda chunk: self.committed_by(chunk, thread_id))
 
     @classmethod
     def committed_by(cls, chunk: bytes, thread_id: int) -> bool:
@@ -391,7 +377,7 @@ def start_transaction(script: str, name: str):
 
     def wait():
         try:
-            if watch is not None and started.wait() and watch.wait(thread_id[0], finished, lambda: False):
+            if watch is not None and started.wait() and watch.wait(thread_id[0], finished):
                 return 0
             worker.join()
             return outcome[0] if outcome else 1

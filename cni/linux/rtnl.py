@@ -307,8 +307,9 @@ class Rtnl:
         data = self._encode(ifinfmsg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
                             {"family": 0, "index": index, "flags": 0, "change": 0}, [])
         seq = self.seq
-        import select
         import threading
+
+        from cni.linux.nlwait import read_until
 
         returned = threading.Event()
         failure: list[OSError] = []
@@ -324,25 +325,12 @@ class Rtnl:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
         try:
             threading.Thread(target=send, name="rtnl-unregister", daemon=True).start()
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            while True:
-                finished = returned.is_set()     # read before polling: a set flag means every
-                if poller.poll(20):              # reply the call produced is queued by now
-                    try:
-                        chunk = self.sock.recv(1 << 20)
-                    except OSError as e:
-                        if e.errno != 105:       # ENOBUFS: messages were dropped; go on reading
-                            raise
-                        continue
-                    if _unregistered(chunk, seq, index):
-                        return
-                elif finished:
-                    if failure:
-                        raise failure[0]
-                    if self.link_by_index(index) is not None:
-                        raise NetlinkError(5, "the link is still there after its deletion")  # EIO
-                    return
+            if read_until(self.sock, returned, lambda chunk: _unregistered(chunk, seq, index)):
+                return
+            if failure:
+                raise failure[0]
+            if self.link_by_index(index) is not None:
+                raise NetlinkError(5, "the link is still there after its deletion")  # EIO
         finally:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, RTNLGRP_LINK)
 

@@ -43,21 +43,17 @@ def test_the_wait_ends_on_the_threads_own_announcement():
     w, finished = Watch(), threading.Event()
     w.kernel.send(delsetelem() + newgen(1))         # someone else's commit
     w.kernel.send(newgen(77))
-    assert w.wait(77, finished, lambda: False) is True and not finished.is_set()
+    assert w.wait(77, finished) is True and not finished.is_set()
 
 
-def test_commits_of_the_fallback_do_not_count():
+def test_another_threads_commit_does_not_count():
     w, finished = Watch(), threading.Event()
-    w.kernel.send(newgen(77))                       # one element of the element-by-element retry
-
-    def end():
-        finished.set()
-
-    threading.Timer(0.2, end).start()
-    assert w.wait(77, finished, lambda: True) is False and finished.is_set()
+    w.kernel.send(newgen(78))
+    threading.Timer(0.2, finished.set).start()
+    assert w.wait(77, finished) is False and finished.is_set()
 
 
 def test_no_announcement_leaves_it_to_the_thread():
     w, finished = Watch(), threading.Event()
     threading.Timer(0.1, finished.set).start()
-    assert w.wait(77, finished, lambda: False) is False
+    assert w.wait(77, finished) is False
