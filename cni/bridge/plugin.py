@@ -146,9 +146,9 @@ class BridgePlugin:
         if conf.wants_firewall and not pod_ips and netns.exists(req.netns):
             found = problems.run("look at the pod interface", apply.pod_addresses, req.netns, req.ifname)
             pod_ips = [a for a in found or () if not a.ip.is_link_local]
-        # the veth first: an nftables commit that deletes elements holds the kernel's RCU waits
-        # (9-15 ms) and a veth unregistered meanwhile waits behind it; after it, both transactions
-        # are in force ~1-2 ms after they start
+        # the veth first: a veth unregistered while an nftables commit that deletes elements
+        # waits for the kernel's RCU readers (5-15 ms) waits with it; the two transactions after
+        # it run side by side
         problems.run("delete the host veth", _delete_host_veth, conf, req)
         finish_firewall = None
         if conf.wants_firewall:

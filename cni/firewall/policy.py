@@ -143,7 +143,7 @@ def forget_start_by_name(state_dir: str, name: str):
         raise
 
     def finish() -> None:
-        """Returns once the removal is in force (see `nft.start_transaction`)."""
+        """Returns once the removal is done (see `nft.start_transaction`)."""
         try:
             if wait is not None:
                 status = wait()

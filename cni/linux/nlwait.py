@@ -1,7 +1,7 @@
 """Waiting on a netlink socket for news of work another thread has under way.
 
-Used where the kernel announces that a change is in force (a link's RTM_DELLINK, nftables'
-NFT_MSG_NEWGEN) well before the call that made it returns: the caller reads the socket until a
+Used where the kernel announces that a change is in force well before the call that made it
+returns (a link's RTM_DELLINK: `Rtnl.unregister_link`): the caller reads the socket until a
 message says so, or until the other thread's call has returned and nothing is left to read.
 """
 
