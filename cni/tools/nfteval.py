@@ -89,6 +89,15 @@ def _addr(text: str):
     return ipaddress.ip_address(text)
 
 
+_KEYED = {   # meta and ct keys explain can answer for a packet
+    ("meta", "l4proto"): lambda pkt: pkt.proto,
+    ("meta", "nfproto"): lambda pkt: "ipv4" if pkt.family == 4 else "ipv6",
+    ("meta", "nftrace"): lambda pkt: 0,
+    ("ct", "mark"): lambda pkt: pkt.mark,
+    ("ct", "state"): lambda pkt: pkt.state,
+}
+
+
 def _value(expr, pkt: Packet):
     """The packet's value of an expression (raises Unknown, or returns None when the expression
     does not apply to this packet, e.g. `ip saddr` on IPv6: then the rule does not match)."""
@@ -108,27 +117,17 @@ def _value(expr, pkt: Packet):
             if proto in ("icmp", "icmpv6") and pkt.proto != proto:
                 return None         # (explain models TCP, UDP and SCTP packets)
             raise Unknown(f"payload {p}")
-        if "meta" in expr:
-            key = expr["meta"]["key"]
-            if key == "l4proto":
-                return pkt.proto
-            if key == "nfproto":
-                return "ipv4" if pkt.family == 4 else "ipv6"
-            if key == "nftrace":
-                return 0
-            raise Unknown(f"meta {key}")
+        for kind in ("meta", "ct"):
+            if kind in expr:
+                key = expr[kind]["key"]
+                if (kind, key) not in _KEYED:
+                    raise Unknown(f"{kind} {key}")
+                return _KEYED[kind, key](pkt)
         if "fib" in expr:
             f = expr["fib"]
             if f.get("result") == "type" and f.get("flags") == ["daddr"]:
                 return "local" if pkt.daddr in pkt.local else "unicast"
             raise Unknown(f"fib {f}")
-        if "ct" in expr:
-            key = expr["ct"]["key"]
-            if key == "mark":
-                return pkt.mark
-            if key == "state":
-                return pkt.state
-            raise Unknown(f"ct {key}")
         for op, apply in (("&", int.__and__), ("|", int.__or__)):
             if op in expr:
                 a, b = expr[op]
