@@ -218,28 +218,38 @@ class DiskStore:
         except OSError:
             pass
 
+    def _current_links(self, folder: str) -> list[IPAddress]:
+        """The addresses of one attachment's folder whose links are still their address files;
+        the others (released since, maybe taken by another, or junk) are removed, and so is the
+        folder once nothing is left in it."""
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise IOFailure("cannot read IPAM index", f"{folder}: {e.strerror}") from None
+        out = []
+        for name in names:
+            link = os.path.join(folder, name)
+            try:
+                ip = ipaddress.ip_address(name[len(LINK_PREFIX):])
+            except ValueError:
+                ip = None
+            if ip is not None and self._current(link, ip):
+                out.append(ip)
+            else:
+                self._unlink_attachment(link)
+        if not names:       # left empty by a crash between making it and linking into it
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        return out
+
     def _linked(self, container_id: str, ifname: str) -> list[IPAddress]:
         """The attachment's addresses by its links, each checked against the address name."""
-        out = []
-        for key in {_attachment_key(container_id, ifname), _attachment_key(container_id, "")}:
-            folder = os.path.join(self.dir, INDEX, key)
-            try:
-                names = os.listdir(folder)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise IOFailure("cannot read IPAM index", f"{folder}: {e.strerror}") from None
-            for name in names:
-                link = os.path.join(folder, name)
-                try:
-                    ip = ipaddress.ip_address(name[len(LINK_PREFIX):])
-                except ValueError:
-                    ip = None
-                if ip is None or not self._current(link, ip):
-                    self._unlink_attachment(link)   # released since (maybe taken by another), or junk
-                    continue
-                out.append(ip)
-        return out
+        return [ip for key in {_attachment_key(container_id, ifname), _attachment_key(container_id, "")}
+                for ip in self._current_links(os.path.join(self.dir, INDEX, key))]
 
     def forget(self, container_id: str, ifname: str) -> None:
         """After DEL released the attachment's addresses: drop its links a crash left behind."""
@@ -253,21 +263,10 @@ class DiskStore:
         except OSError:
             return
         for key in keys:
-            folder = os.path.join(top, key)
             try:
-                names = os.listdir(folder)
-            except OSError:
+                self._current_links(os.path.join(top, key))
+            except IOFailure:
                 continue
-            if not names:
-                self._unlink_attachment(os.path.join(folder, "-"))
-            for name in names:
-                link = os.path.join(folder, name)
-                try:
-                    current = self._current(link, ipaddress.ip_address(name[len(LINK_PREFIX):]))
-                except ValueError:
-                    current = False
-                if not current:
-                    self._unlink_attachment(link)
 
     def _link_every_reservation(self) -> None:
         """Once per directory without `complete`: give every reservation its link (under the lock)."""

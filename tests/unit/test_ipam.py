@@ -411,3 +411,19 @@ def test_add_reads_no_address_file_on_a_full_directory(tmp_path, monkeypatch):
     service.add(c, "new", "eth0")
     addresses = [p for p in opened if os.path.basename(p)[:1].isdigit() and "." in os.path.basename(p)]
     assert addresses == [], addresses[:5]
+
+
+def test_gc_drops_links_that_crashes_left(tmp_path):
+    """A crash between removing an address file and its link, and one between making an
+    attachment's folder and linking into it: GC leaves only the links of live reservations."""
+    c = conf([[{"subnet": "10.1.0.0/24"}]], dataDir=str(tmp_path))
+    service.add(c, "a", "eth0")
+    service.add(c, "b", "eth0")
+    d = tmp_path / "net1"
+    os.unlink(d / "10.1.0.2")                                  # a's address file, not its link
+    (d / ".pycni-held" / ("0" * 32)).mkdir()                   # an empty folder
+    service.gc(c, [("a", "eth0"), ("b", "eth0")])
+    index = d / ".pycni-held"
+    live = os.path.relpath(DiskStore(str(d))._link_path(ip("10.1.0.3"), "b", "eth0"), index)
+    left = sorted(str(p.relative_to(index)) for p in index.rglob("*"))
+    assert left == sorted(["complete", os.path.dirname(live), live])
