@@ -105,6 +105,29 @@ def _import_messages():
 ifinfmsg, ifaddrmsg, rtmsg = _import_messages()
 
 
+def _read_until(sock, returned, says_done) -> bool:
+    """True as soon as `says_done(chunk)` holds for a chunk read from `sock`; False once
+    `returned` (set by the thread whose call the kernel is carrying out, when it is over) is set
+    and the socket holds nothing more. A full socket buffer (ENOBUFS: messages dropped) is read past."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        over = returned.is_set()        # read before polling: once set, whatever the call
+        if poller.poll(20):             # produced is queued already
+            try:
+                chunk = sock.recv(1 << 20)
+            except OSError as e:
+                if e.errno != 105:      # ENOBUFS
+                    raise
+                continue
+            if says_done(chunk):
+                return True
+        elif over:
+            return False
+
+
 def _unregistered(chunk: bytes, seq: int, index: int) -> bool:
     """Whether `chunk` holds link `index`'s RTM_DELLINK notification or the success reply of
     request `seq`; raises the request's error."""
@@ -309,8 +332,6 @@ class Rtnl:
         seq = self.seq
         import threading
 
-        from cni.linux.nlwait import read_until
-
         returned = threading.Event()
         failure: list[OSError] = []
 
@@ -325,7 +346,7 @@ class Rtnl:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
         try:
             threading.Thread(target=send, name="rtnl-unregister", daemon=True).start()
-            if read_until(self.sock, returned, lambda chunk: _unregistered(chunk, seq, index)):
+            if _read_until(self.sock, returned, lambda chunk: _unregistered(chunk, seq, index)):
                 return
             if failure:
                 raise failure[0]
