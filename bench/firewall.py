@@ -86,7 +86,7 @@ def inprocess_rows(args, backends) -> list[tuple[str, int, float, float]]:
     import ipaddress
 
     from cni.firewall import rules as firewall
-    from cni.portmap.options import FirewallOptions, PortMapping
+    from cni.firewall.options import FirewallOptions, PortMapping
 
     def spec(i: int, backend: str) -> firewall.FirewallSpec:
         ip = prev_result(i, "")["ips"][0]["address"]

@@ -3,10 +3,10 @@ Kubernetes client bundled (the plugin build stays without it)."""
 
 import sys
 
-from cni.runtime.entry import use_host_libraries
+from cni.entry import use_host_libraries
 
 use_host_libraries()
 
-from cni.tools.cli import main  # noqa: E402
+from cni.cli import main  # noqa: E402
 
 sys.exit(main(["agent", *sys.argv[1:]]))

@@ -3,7 +3,7 @@ and the loopback plugin (the name it is run as decides)."""
 
 import sys
 
-from cni.runtime.entry import by_name, use_host_libraries
+from cni.entry import by_name, use_host_libraries
 
 use_host_libraries()
 sys.exit(by_name(sys.argv[0]))

@@ -2,7 +2,7 @@
 
 import sys
 
-from cni.runtime.entry import pycni
+from cni.entry import pycni
 
 if __name__ == "__main__":
     sys.exit(pycni())

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="where the node's runtimes see --bin-dir, when that differs (an image root, "
                           "a container's mount of the host): the launcher names its interpreter by that path")
     ag = sub.add_parser("agent", help="node agent of a Kubernetes cluster (the DaemonSet's process)")
+    # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
     from cni.agent.main import add_arguments
 
     add_arguments(ag)
@@ -74,28 +75,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _helper_metrics(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:
+    # prometheus_client loads in the helper's metrics process only, never in the helper
+    # whose forked children serve the calls
+    # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
+    from cni.agent.metrics import serve_for_helper
+
+    serve_for_helper(address, calls_file, conf_dir, helper_pid)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         print(f"pycni {PYCNI}\nCNI spec versions: {', '.join(SUPPORTED)} (current {CURRENT})")
         return 0
     if args.cmd == "helper":
+        # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.runtime.server import serve
 
-        return serve(args.socket, args.metrics_address, args.conf_dir)
+        return serve(args.socket, args.metrics_address, args.conf_dir, _helper_metrics)
     if args.cmd == "agent":
+        # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.agent.main import run
 
         return run(args)
     if args.cmd == "explain":
+        # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.tools.explain import main as explain
 
         return explain(args)
     if args.cmd == "inspect":
+        # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.tools.inspect import main as inspect
 
         return inspect(args)
     if args.cmd == "install":
+        # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.tools.install import main as install
 
         try:
@@ -112,6 +127,7 @@ def main(argv: list[str]) -> int:
     if args.cmd != "exec":
         _parser().print_help(sys.stderr)
         return 2
+    # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
     from cni.tools.driver import Attachment, Driver, default_container_id, load_conflist
 
     try:
@@ -130,6 +146,7 @@ def main(argv: list[str]) -> int:
             driver.check(att)
         elif args.verb == "status":
             driver.status()
+            # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
             from cni.runtime.client import helper_state
 
             print(f"ready; pycni helper: {helper_state(os.environ)}")

@@ -17,24 +17,26 @@ def use_host_libraries() -> None:
         os.environ.pop("LD_LIBRARY_PATH", None)
 
 
+def _run_here(name: str, env, stdin, stdout) -> int:
+    from cni.runtime.registry import run  # lazy: the plugin's imports only when this process runs the call
+
+    return run(name, env, stdin, stdout)
+
+
 def _serve(name: str) -> int:
     command = os.environ["CNI_COMMAND"]
     if command == "VERSION":                        # VERSION costs less here than a hand-over
-        from cni.plugins import run
-
-        return run(name, os.environ, sys.stdin.buffer, sys.stdout)
-    import time
+        return _run_here(name, os.environ, sys.stdin.buffer, sys.stdout)
+    import time  # lazy: per call, only what this command needs
 
     from cni.runtime import calls, client
 
     started = time.perf_counter()
-    rc = client.forward(name, os.environ, sys.stdin.buffer, sys.stdout)
+    rc = client.forward(name, os.environ, sys.stdin.buffer, sys.stdout, _run_here)
     if rc is None:
-        from cni.plugins import run
-
-        rc = run(name, os.environ, sys.stdin.buffer, sys.stdout)
+        rc = _run_here(name, os.environ, sys.stdin.buffer, sys.stdout)
     if client.fallback:
-        from cni.spec import skel
+        from cni.spec import skel  # lazy: per call, only what this command needs
 
         served, code = "process", skel.last_code
     else:
@@ -44,7 +46,7 @@ def _serve(name: str) -> int:
 
 
 def _about(name: str) -> int:
-    from cni.plugins import ABOUT
+    from cni.runtime.registry import ABOUT  # lazy: per call, only what this command needs
     from cni.spec.version import SUPPORTED
 
     sys.stderr.write(f"{name}: {ABOUT[name]}; CNI versions {', '.join(SUPPORTED)}; see pycni --help\n")
@@ -54,7 +56,7 @@ def _about(name: str) -> int:
 def pycni() -> int:
     if "CNI_COMMAND" in os.environ:
         return _serve("pycni")
-    from cni.tools import cli
+    from cni import cli  # lazy: per call, only what this command needs
 
     return cli.main(sys.argv[1:])
 
@@ -79,7 +81,7 @@ def by_name(argv0: str) -> int:
     """One executable, several names (the frozen build installs pycni-ipam, pycni-portmap,
     pycni-loopback and loopback as symlinks to pycni): the name a runtime ran decides the plugin.
     Unknown names act as `pycni`."""
-    from cni.plugins import PLUGINS
+    from cni.runtime.registry import PLUGINS  # lazy: per call, only what this command needs
 
     name = os.path.basename(argv0)
     return _plugin(name) if name in PLUGINS and name != "pycni" else pycni()

@@ -8,11 +8,13 @@ import ipaddress
 import json
 from pathlib import Path
 
+from cni.agent.nodes import Desired
+from cni.firewall.nft import transaction
+from cni.linux.links import family, open_rtnl
+from cni.linux.rtnl import RT_TABLE_MAIN, NetlinkError
 from cni.spec.log import log
 from cni.spec.result import IPAddress, IPNetwork
-from cni.linux.links import family
-from cni.linux.rtnl import RT_TABLE_MAIN, NetlinkError
-from cni.agent.nodes import Desired
+from cni.tools.install import install_conflist
 
 RTPROT_PYCNI = 152            # routing protocol number of the agent's routes (`ip route show proto 152`)
 TABLE = "inet pycni-agent"
@@ -22,8 +24,6 @@ TABLE = "inet pycni-agent"
 
 def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
     """Install the conflist if it differs from what is there; True when written."""
-    from cni.tools.install import install_conflist
-
     path = conf_dir / filename
     try:
         if json.loads(path.read_text()) == conf:
@@ -97,8 +97,6 @@ def render_masquerade(pod_networks: tuple[IPNetwork, ...]) -> str:
 
 
 def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
-    from cni.firewall.nft import transaction
-
     transaction(render_masquerade(pod_networks))
 
 
@@ -106,8 +104,6 @@ def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
 
 def apply(state: Desired, conf_dir: Path, conf_name: str) -> dict:
     """One sync; returns what it did (for the log and the tests)."""
-    from cni.linux.links import open_rtnl
-
     done: dict = {"conflist": False, "routes": (0, 0)}
     if state.conflist is not None:
         done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)

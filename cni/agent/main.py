@@ -109,9 +109,11 @@ def run(args) -> int:
             if helper is not None or metrics is not None:
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
+        # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
         from cni.agent.watch import follow, load_config
 
         if opts.policy_dir:
+            # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
             from cni.agent.policy import loop
 
             load_config(args.kubeconfig)
@@ -127,6 +129,7 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
     """The metrics and health server, when --metrics-address is given; None otherwise."""
     if not args.metrics_address:
         return None
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
     import threading
 
     from cni.agent import metrics as m
@@ -160,6 +163,7 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
 def _policy_dir(args) -> str | None:
     """Where policy state lives when this agent enforces NetworkPolicy, else None (and why not,
     said once, plainly: a node that cannot enforce them all enforces none)."""
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
     from cni.agent.policy import enforce
 
     if args.no_network_policy:
@@ -181,6 +185,7 @@ def _policy_dir(args) -> str | None:
 def _host_helper(args):
     if not args.helper:
         return None
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
     from cni.agent.helper_host import HelperHost
 
     exe = Path(args.bin_dir) / "pycni"
@@ -193,6 +198,7 @@ def _host_helper(args):
 
 
 def _install(args) -> None:
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
     from cni.tools import install
 
     if args.source == "none":

@@ -10,11 +10,13 @@ and attachments are read from the IPAM store at scrape time.
 
 from __future__ import annotations
 
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import ipaddress
+import json
 import os
 import threading
-from functools import partial
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +24,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cni.runtime.calls import parse
+from cni.tools.inspect import networks
+from ipam.store import DiskStore
 
 ROTATE_BYTES = 1 << 20
 DURATION_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -109,9 +113,6 @@ class CallRecord:
 
 def conflist_ranges(path) -> list:
     """The subnets of the pycni plugin's IPAM ranges in a conflist (none when it cannot be read)."""
-    import ipaddress
-    import json
-
     try:
         with open(path, encoding="utf-8") as f:
             conf = json.load(f)
@@ -132,7 +133,6 @@ def ipam_collector(data_dir: str, network: str, ranges: Callable[[], list]) -> o
                                           labels=["network", "range", "state"])
             attachments = GaugeMetricFamily("pycni_attachments", "pod interfaces holding addresses",
                                             labels=["network"])
-            from ipam.store import DiskStore
 
             holders = DiskStore(os.path.join(data_dir, network)).holders()
             held = list(holders)
@@ -189,8 +189,6 @@ def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: i
     """The helper's metrics (a hand-made node without the agent): the CNI calls from the record,
     the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz when
     its socket exists. Runs in a process of its own that the helper forks at its start."""
-    from cni.tools.inspect import networks
-
     metrics = Metrics()
     record = CallRecord(calls_file, metrics.count_call)
     for net in networks(conf_dir):

@@ -19,6 +19,7 @@ Objects = dict[tuple[str, str], dict]
 
 def _client():
     try:
+        # lazy: the Kubernetes client is the agent's alone (not in the plugin's build)
         from kubernetes import client, config, watch
         from kubernetes.client.exceptions import ApiException
     except ImportError:

@@ -146,7 +146,7 @@ def attach_host_veth(ipr: Any, plan: Plan, bridge: LinkInfo) -> LinkInfo:
 
 def _set_vlan(plan: Plan, bridge: LinkInfo, index: int) -> None:
     """VLAN filtering is rare: it goes through pyroute2's full IPRoute, imported only here."""
-    from pyroute2.iproute.linux import IPRoute
+    from pyroute2.iproute.linux import IPRoute  # lazy: VLAN filtering only: pyroute2's full IPRoute
 
     ipr = IPRoute()
     try:

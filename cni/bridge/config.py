@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from cni.firewall.options import FirewallOptions, PortMapping, parse_mappings, parse_options
 from cni.record import field, record
 from cni.spec import names, result
-from cni.spec.fields import flag, integer, mapping, string
-from cni.portmap.options import FirewallOptions, PortMapping, parse_mappings, parse_options
 from cni.spec.errors import CNIError, DecodeFailure, InvalidConfig, UnsupportedField
+from cni.spec.fields import flag, integer, mapping, string
+from cni.spec.log import log
 from cni.spec.result import DNS, Result
 
 IN_PROCESS_IPAM = "pycni-ipam"
@@ -146,8 +147,6 @@ def parse_for_delete(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None
     try:
         return parse(conf, cni_args)
     except (InvalidConfig, UnsupportedField, DecodeFailure) as e:
-        from cni.spec.log import log
-
         log.warning(f"DEL of a config ADD would refuse ({e.msg}: {e.details}): removing what is there")
 
     def lenient(read, fallback):

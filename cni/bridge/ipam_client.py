@@ -9,28 +9,29 @@ from typing import TYPE_CHECKING, Iterable
 
 from cni.spec import result
 from cni.spec.errors import CNIError, DecodeFailure
-from cni.spec.result import IPAddress, Result
+from cni.spec.log import log
 from cni.spec.request import Request
+from cni.spec.result import IPAddress, Result
 
 if TYPE_CHECKING:     # the bridge plugin's config; ipam/ does not import the plugin
     from cni.bridge.config import NetConf
 
 
 def _ipam_config(conf: NetConf, req: Request):
-    from ipam import config as ipam_config
+    from ipam import config as ipam_config  # lazy: per call, only the IPAM path this config takes
 
     return ipam_config.parse(conf.ipam, conf.name, conf.runtime_config, conf.args, req.args)
 
 
 def _run(conf: NetConf, req: Request, command: str) -> dict | None:
-    from ipam.delegate import exec_plugin      # subprocess only when the IPAM is another program
+    from ipam.delegate import exec_plugin  # lazy: subprocess only when the IPAM is another program
 
     return exec_plugin(conf.ipam_type, command, req.env, req.path, req.raw_config)
 
 
 def add(conf: NetConf, req: Request) -> Result:
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import service  # lazy: per call, only the IPAM path this config takes
 
         return service.add(_ipam_config(conf, req), req.container_id, req.ifname)
     out = _run(conf, req, "ADD")
@@ -42,18 +43,19 @@ def add(conf: NetConf, req: Request) -> Result:
 
 def delete(conf: NetConf, req: Request) -> None:
     if conf.ipam_in_process:
-        from ipam import config as ipam_config, service
+        # lazy: per call, only the IPAM path this config takes
+        from ipam import config as ipam_config
+        from ipam import service
 
         # DEL needs only where the reservations are: nothing else of the IPAM section is read, so
         # nothing else in it can stop a release
         service.delete(ipam_config.locate(conf.ipam, conf.name), req.container_id, req.ifname)
         return
-    from ipam.delegate import PluginNotFound
+    from ipam.delegate import PluginNotFound  # lazy: per call, only the IPAM path this config takes
 
     try:
         _run(conf, req, "DEL")
     except PluginNotFound as e:     # nothing to run: ADD could not have run it either
-        from cni.spec.log import log
 
         log.warning(f"DEL: IPAM not released: {e.msg} ({e.details})")
 
@@ -62,7 +64,7 @@ def rollback(conf: NetConf, req: Request, added: Result) -> None:
     """Undo this ADD's IPAM step: in process, exactly the addresses it reserved; a delegated IPAM
     can only be asked to DEL the attachment."""
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import service  # lazy: per call, only the IPAM path this config takes
 
         service.rollback(_ipam_config(conf, req), req.container_id, req.ifname,
                          [ip.address.ip for ip in added.ips])
@@ -72,7 +74,7 @@ def rollback(conf: NetConf, req: Request, added: Result) -> None:
 
 def check(conf: NetConf, req: Request, expected: Iterable[IPAddress]) -> None:
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import service  # lazy: per call, only the IPAM path this config takes
 
         service.check(_ipam_config(conf, req), req.container_id, req.ifname, expected)
     else:
@@ -81,7 +83,7 @@ def check(conf: NetConf, req: Request, expected: Iterable[IPAddress]) -> None:
 
 def status(conf: NetConf, req: Request) -> None:
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import service  # lazy: per call, only the IPAM path this config takes
 
         service.status(_ipam_config(conf, req))
     else:
@@ -90,7 +92,7 @@ def status(conf: NetConf, req: Request) -> None:
 
 def gc(conf: NetConf, req: Request, valid: list[tuple[str, str]]) -> None:
     if conf.ipam_in_process:
-        from ipam import service
+        from ipam import service  # lazy: per call, only the IPAM path this config takes
 
         service.gc(_ipam_config(conf, req), valid)
     else:

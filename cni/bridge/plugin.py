@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from cni.bridge import apply, config
 from cni.linux import links
-from ipam import client as ipam_client
+from cni.bridge import ipam_client
 from cni.spec import names
 from cni.linux import netns
 from cni.spec.errors import CNIError, InvalidConfig, InvalidEnvironment
@@ -73,7 +73,7 @@ class _Problems:
 
 
 def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
-    from cni.firewall.rules import FirewallSpec
+    from cni.firewall.rules import FirewallSpec  # lazy: per call, only what this command and config need
 
     return FirewallSpec(conf.name, req.container_id, req.ifname, tuple(pod_ips), conf.port_mappings,
                         conf.ip_masq, conf.firewall, exhaustive=conf.complete)
@@ -110,6 +110,7 @@ class BridgePlugin:
             apply.wait_port_up(host, veth.index)
             if conf.wants_firewall:
                 spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
+                # lazy: per call, only what this command and config need
                 from cni.firewall import rules as firewall
 
                 undo.callback(_undo, firewall.teardown, spec)
@@ -117,7 +118,7 @@ class BridgePlugin:
                 if conf.port_mappings and conf.firewall.snat and spec.ips(4):
                     firewall.enable_route_localnet(conf.bridge)
             if conf.policy_dir:
-                from cni.firewall import policy
+                from cni.firewall import policy  # lazy: per call, only what this command and config need
 
                 undo.callback(_undo, policy.forget, conf.policy_dir, conf.name, req.container_id, req.ifname)
                 policy.admit(conf.policy_dir, conf.name, req.container_id, req.ifname, req.args,
@@ -152,13 +153,14 @@ class BridgePlugin:
         problems.run("delete the host veth", _delete_host_veth, conf, req)
         finish_firewall = None
         if conf.wants_firewall:
+            # lazy: per call, only what this command and config need
             from cni.firewall import rules as firewall
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
         finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
-            from cni.firewall import policy
+            from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             finish_policy = problems.run("leave network policy sets", policy.forget_start, conf.policy_dir,
                                          conf.name, req.container_id, req.ifname)
@@ -176,10 +178,12 @@ class BridgePlugin:
         prev = conf.prev_result
         if prev is None:
             raise InvalidConfig("Required prevResult missing", "CHECK needs the result of ADD")
+        # lazy: per call, only what this command and config need
         from cni.bridge.check import check_attachment
 
         check_attachment(conf, req, prev)
         if conf.wants_firewall:
+            # lazy: per call, only what this command and config need
             from cni.firewall import rules as firewall
 
             firewall.check(firewall_spec(conf, req, [ip.address for ip in prev.ips]))
@@ -188,7 +192,7 @@ class BridgePlugin:
 
     def status(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)
-        from cni.tools import hostcheck
+        from cni.firewall import hostcheck  # lazy: per call, only what this command and config need
 
         problems = hostcheck.kernel_problems(ipv6=_configures_ipv6(conf.ipam))
         capabilities = req.config.get("capabilities")
@@ -198,9 +202,7 @@ class BridgePlugin:
         hostcheck.require(problems)
         if conf.ipam_type:
             ipam_client.status(conf, req)
-        from cni.runtime.client import helper_state
-
-        log.info(f"ready; helper {helper_state(req.env)}")
+        log.info(f"ready; helper {req.helper_state()}")
 
     def gc(self, req: Request) -> None:
         conf = config.parse(req.config, req.args)
@@ -214,11 +216,11 @@ class BridgePlugin:
                     links.delete_link(host, veth)
         finally:
             host.close()
-        from cni.firewall import rules as firewall
+        from cni.firewall import rules as firewall  # lazy: per call, only what this command and config need
 
         firewall.gc(conf.name, valid)
         if conf.policy_dir:
-            from cni.firewall import policy
+            from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             policy.gc(conf.policy_dir, conf.name, keep)
         if conf.ipam_type:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 
+from cni.firewall import iptc_loader, rules
 from cni.spec.errors import NotAvailable
 
 NFT, IPT, AUTO = "nftables", "iptables", "auto"
@@ -45,10 +46,8 @@ def nft_problems() -> list[str]:
 
 
 def iptables_problems() -> list[str]:
-    from cni.firewall.iptc_loader import find_dirs
-
     problems = []
-    libdir, xtdir = find_dirs()
+    libdir, xtdir = iptc_loader.find_dirs()
     if not libdir:
         problems.append("iptables backend: libip4tc.so.2 / libxtables not found "
                         "(Debian: apt install iptables)")
@@ -67,9 +66,8 @@ def firewall_problems(backend: str) -> list[str]:
         return nft_problems()
     if backend == IPT:
         return iptables_problems()
-    from cni.firewall.rules import resolve
 
-    chosen, why = resolve(AUTO)
+    chosen, why = rules.resolve(AUTO)
     problems = nft_problems() if chosen == NFT else iptables_problems()
     if not problems:
         return []

@@ -17,14 +17,18 @@ hash: ADD, DEL and CHECK act on the jumps to PYCNI-DN/MS-<hash>. One commit per 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import sys
 
+from cni.firewall.attachment import FirewallSpec
+from cni.firewall.iptc_loader import load
+from cni.linux.flock import acquire
+from cni.linux.xtables import legacy_tables
 from cni.record import record
+from cni.spec import names
 from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
-from cni.firewall.rules import FirewallSpec
-from cni.firewall.iptc_loader import load
 
 HOSTPORTS = "PYCNI-HOSTPORTS"
 POSTROUTING = "PYCNI-POSTROUTING"
@@ -35,8 +39,6 @@ def chain_names(att_hash: str) -> tuple[str, str]:
 
 
 def _full_hash(spec: FirewallSpec) -> str:
-    from cni.spec import names
-
     return names.attachment_hash(spec.network, spec.container_id, spec.ifname)
 
 
@@ -48,8 +50,6 @@ LOCK_TIMEOUT = 30.0
 def xtables_lock(timeout: float = LOCK_TIMEOUT):
     """The lock iptables(-legacy), kube-proxy and the reference plugins take around table updates:
     libiptc commits a whole table, so an unlocked writer can lose another's change."""
-    from cni.linux.flock import acquire
-
     fd = os.open(XTABLES_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if not acquire(fd, timeout, max_delay=0.05):
@@ -255,8 +255,6 @@ def _remove_jumps(table, targets: set[str]) -> None:
 
 def _same_port(rule, want: IptRule) -> bool:
     """Whether a HOSTPORTS jump maps the same protocol, port and host address as `want`."""
-    import ipaddress
-
     if (rule.protocol or "") != want.protocol:
         return False
     if str(want.dport) not in [m.dport for m in rule.matches if m.name == want.protocol]:
@@ -300,7 +298,7 @@ def _both_families(fn, families: list[int]) -> None:
         for f in families:
             fn(f)
         return
-    from cni.linux.children import die_with
+    from cni.linux.children import die_with  # lazy: ctypes only when both families are updated
 
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
@@ -344,8 +342,6 @@ def setup(spec: FirewallSpec) -> None:
 
 
 def _families_present() -> list[int]:
-    from cni.firewall.rules import legacy_tables
-
     return [f for f in (4, 6) if "nat" in legacy_tables(f)]
 
 

@@ -49,13 +49,13 @@ def load():
             os.environ.setdefault("PYTHON_IPTABLES_XTABLES_VERSION", so[0].rsplit(".", 1)[1])
     if xtdir:
         os.environ.setdefault("XTABLES_LIBDIR", xtdir)
-    import ctypes.util
+    import ctypes.util  # lazy: python-iptables and its loader only on the iptables path
 
     real_find = ctypes.util.find_library
     ctypes.util.find_library = _fast_find_library(libdir)
     stubbed = []
     if "distutils" not in sys.modules:
-        import sysconfig
+        import sysconfig  # lazy: python-iptables and its loader only on the iptables path
 
         pkg = types.ModuleType("distutils")
         sub = types.ModuleType("distutils.sysconfig")
@@ -64,7 +64,7 @@ def load():
         sys.modules["distutils"], sys.modules["distutils.sysconfig"] = pkg, sub
         stubbed = ["distutils", "distutils.sysconfig"]
     try:
-        import iptc
+        import iptc  # lazy: python-iptables and its loader only on the iptables path
     finally:
         ctypes.util.find_library = real_find
         for name in stubbed:

@@ -21,13 +21,15 @@ Rule: render_* are pure (golden-tested); only `transaction` runs anything.
 
 from __future__ import annotations
 
+import os
+
 from cni.spec import jsonio
 from cni.spec.errors import CNIError, TryAgainLater, UnsupportedField
 from cni.spec.log import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:       # annotations only: the policy path uses `transaction` without the port-map rules
-    from cni.firewall.rules import FirewallSpec
+    from cni.firewall.attachment import FirewallSpec
 
 TABLE = "inet pycni"
 NFT_TIMEOUT = 20.0      # seconds for one nft child; runtimes give a whole CNI call minutes
@@ -188,6 +190,7 @@ class Outcome:
 
 def _nft(args: list[str], script: bytes | None = None) -> Outcome:
     """Run nft with a deadline, killed with us (a transaction must never commit after our DEL)."""
+    # lazy: only when nft runs as a program (the child dies with us: cni.linux.children loads ctypes)
     import subprocess
 
     from cni.linux.children import tied_to_me
@@ -215,7 +218,7 @@ class _Libnftables:
     JSON = 1 << 4                       # NFT_CTX_OUTPUT_JSON, as `nft -j`
 
     def __init__(self, lib):
-        import ctypes
+        import ctypes  # lazy: per call, only what this nft step needs
 
         c_ctx = ctypes.c_void_p
         for name, res, args in (("nft_ctx_new", c_ctx, [ctypes.c_uint32]), ("nft_ctx_free", None, [c_ctx]),
@@ -253,11 +256,9 @@ _LIB: list = []
 def _library() -> _Libnftables | None:
     """libnftables when the node has it (it comes with nft) and PYCNI_NFT is not "exec"."""
     if not _LIB:
-        import os
-
         lib = None
         if os.environ.get("PYCNI_NFT", "") != "exec":
-            import ctypes
+            import ctypes  # lazy: per call, only what this nft step needs
 
             try:
                 lib = _Libnftables(ctypes.CDLL("libnftables.so.1"))
@@ -285,7 +286,7 @@ def start_transaction(script: str, name: str):
     Answering DEL on the announcement was tried: the wait does not go away, the next ADD's veth
     creation waits behind it instead (6.9 ms instead of 0.7 ms right after such a DEL), and ADD is
     the call pods wait for. So DEL waits for the call."""
-    import threading
+    import threading  # lazy: per call, only what this nft step needs
 
     outcome: list = []
 
@@ -420,7 +421,7 @@ def check(spec: FirewallSpec) -> None:
 
 def gc(network: str, valid_hashes: set[str]) -> None:
     """`valid_hashes`: full attachment hashes of the attachments to keep."""
-    from cni.firewall.rules import network_hash
+    from cni.firewall.attachment import network_hash  # lazy: GC only (the policy path never loads it)
 
     listing = _listing()
     if listing is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from cni.linux import flock
 from cni.spec import jsonio, names
 from cni.spec.errors import CNIError, TryAgainLater
 from cni.spec.log import log
@@ -49,8 +50,6 @@ class Locked:
         self.fd = -1
 
     def __enter__(self) -> "Locked":
-        from cni.linux import flock
-
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if not flock.acquire(self.fd, self.wait):
@@ -100,7 +99,7 @@ def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ip
     ns, pod = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
     if not (safe_name(ns) and safe_name(pod)) or not ips:
         return
-    from cni.firewall import nft
+    from cni.firewall import nft  # lazy: nft only when a policy set is written
 
     with Locked(state_dir):
         members = read_json(os.path.join(state_dir, "pods", ns, pod))
@@ -129,7 +128,7 @@ def forget_start_by_name(state_dir: str, name: str):
     path = os.path.join(state_dir, "attachments", name)
     if not os.path.exists(path):
         return lambda: None
-    from cni.firewall import nft
+    from cni.firewall import nft  # lazy: nft only when a policy set is written
 
     lock = Locked(state_dir).__enter__()
     try:

@@ -1,6 +1,6 @@
 """Masquerade and port-mapping rules of one attachment, on nftables or on legacy iptables.
 
-    FirewallSpec (pure data)  ->  backend.setup / teardown / check / gc
+    FirewallSpec (pure data, cni.firewall.attachment)  ->  backend.setup / teardown / check / gc
     nftables: cni.firewall.nft       one `nft -f -` transaction per call, table `inet pycni`
     iptables: cni.firewall.iptables  python-iptables (libiptc), our own PYCNI-* chains
 
@@ -13,58 +13,13 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable
 
-from cni.record import record
+from cni.firewall.attachment import IPT, NFT, FirewallSpec, network_hash
+from cni.linux.xtables import legacy_tables
 from cni.spec import names
-from cni.portmap.options import FirewallOptions, PortMapping
 from cni.spec.log import log
-from cni.spec.result import IPInterface
 
-NFT = "nftables"
-IPT = "iptables"
-
-
-@record
-class FirewallSpec:
-    network: str
-    container_id: str
-    ifname: str
-    pod_ips: tuple[IPInterface, ...] = ()
-    mappings: tuple[PortMapping, ...] = ()
-    masquerade: bool = False
-    options: FirewallOptions = FirewallOptions()
-    # False when the config may not name everything ADD set up (DEL of a config that no longer
-    # parses): teardown then also looks for the attachment's rules by their mark
-    exhaustive: bool = True
-
-    @property
-    def tag(self) -> str:
-        """Written as the comment of every rule of this attachment."""
-        return f"pycni {self.network}/{self.container_id}/{self.ifname}"[:120]
-
-    @property
-    def net_hash(self) -> str:
-        return network_hash(self.network)
-
-    @property
-    def att_hash(self) -> str:
-        return names.attachment_hash(self.network, self.container_id, self.ifname)[:16]
-
-    def ips(self, family: int) -> list[IPInterface]:
-        return [a for a in self.pod_ips if a.version == family]
-
-
-def network_hash(network: str) -> str:
-    return names.sha256_hex(network)[:8]
-
-
-def legacy_tables(family: int = 4) -> set[str]:
-    """Tables registered in legacy x_tables in this namespace (empty on a pure nftables node)."""
-    path = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
-    try:
-        with open(path) as f:
-            return set(f.read().split())
-    except OSError:
-        return set()
+__all__ = ["FirewallSpec", "network_hash", "legacy_tables", "NFT", "IPT", "resolve", "choose", "setup",
+           "teardown_start", "teardown", "check", "gc", "enable_route_localnet"]
 
 
 def resolve(backend: str) -> tuple[str, str]:
@@ -85,10 +40,10 @@ def choose(options: FirewallOptions) -> str:
 
 def _backend(name: str):
     if name == NFT:
-        from cni.firewall import nft
+        from cni.firewall import nft  # lazy: per call, only the chosen backend and steps
 
         return nft
-    from cni.firewall import iptables
+    from cni.firewall import iptables  # lazy: per call, only the chosen backend and steps
 
     return iptables
 
@@ -105,7 +60,7 @@ def _flush_udp(spec: FirewallSpec) -> None:
     """Stale UDP conntrack entries of the mapped host ports would keep steering traffic to an old pod."""
     ports = sorted({m.host_port for m in spec.mappings if m.protocol == "udp"})
     if ports:
-        from cni.linux.conntrack import flush_udp_ports
+        from cni.linux.conntrack import flush_udp_ports  # lazy: per call, only the chosen backend and steps
 
         flush_udp_ports(ports)
 
@@ -173,7 +128,7 @@ def gc(network: str, valid: Iterable[tuple[str, str]]) -> None:
 
 def enable_route_localnet(bridge: str) -> None:
     """127.0.0.1:hostPort -> pod needs route_localnet on the interface towards the pods."""
-    from cni.linux import sysctl
+    from cni.linux import sysctl  # lazy: per call, only the chosen backend and steps
 
     sysctl.write(sysctl.iface_key(4, bridge, "route_localnet"), "1")
 

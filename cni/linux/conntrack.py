@@ -18,6 +18,7 @@ def flush_udp_ports(ports: Iterable[int]) -> int:
         return 0
     removed = 0
     try:
+        # lazy: pyroute2's conntrack only when UDP entries are flushed
         from pyroute2.conntrack import Conntrack
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 

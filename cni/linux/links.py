@@ -19,7 +19,7 @@ from cni.spec.result import IPInterface
 
 
 def open_rtnl() -> Any:
-    from cni.linux.rtnl import Rtnl
+    from cni.linux.rtnl import Rtnl  # lazy: rtnl (pyroute2's message classes) only when netlink is used
 
     return Rtnl()
 

@@ -18,7 +18,6 @@ import sys
 import types
 from typing import Any
 
-from cni.linux.links import family
 
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -95,7 +94,7 @@ def _import_messages():
         sys.modules["pyroute2"] = pkg   # a bare package: submodules import, the __init__ does not run
         if "pyroute2.config" not in sys.modules:
             pkg.config = sys.modules["pyroute2.config"] = _deferred_config(pkg.__path__)
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # lazy: per call, only what this netlink step needs
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -109,7 +108,7 @@ def _read_until(sock, returned, says_done) -> bool:
     """True as soon as `says_done(chunk)` holds for a chunk read from `sock`; False once
     `returned` (set by the thread whose call the kernel is carrying out, when it is over) is set
     and the socket holds nothing more. A full socket buffer (ENOBUFS: messages dropped) is read past."""
-    import select
+    import select  # lazy: per call, only what this netlink step needs
 
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -330,7 +329,7 @@ class Rtnl:
         data = self._encode(ifinfmsg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
                             {"family": 0, "index": index, "flags": 0, "change": 0}, [])
         seq = self.seq
-        import threading
+        import threading  # lazy: per call, only what this netlink step needs
 
         returned = threading.Event()
         failure: list[OSError] = []
@@ -363,7 +362,7 @@ class Rtnl:
             attrs.append(("IFA_FLAGS", flags))
         create = NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWADDR else 0
         self._request(ifaddrmsg, msg_type, NLM_F_REQUEST | NLM_F_ACK | create,
-                      {"family": family(6 if ":" in address else 4), "prefixlen": prefixlen, "flags": 0, "scope": 0,
+                      {"family": socket.AF_INET6 if ":" in address else socket.AF_INET, "prefixlen": prefixlen, "flags": 0, "scope": 0,
                        "index": index}, attrs)
 
     def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:

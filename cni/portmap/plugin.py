@@ -10,7 +10,7 @@ from __future__ import annotations
 from cni.firewall import rules as firewall
 from cni.bridge.config import parse_prev_result
 from cni.spec.errors import InvalidConfig
-from cni.portmap.options import parse_mappings, parse_options
+from cni.firewall.options import parse_mappings, parse_options
 from cni.spec.result import Result
 from cni.spec.request import Request, valid_attachments
 
@@ -66,7 +66,7 @@ class PortmapPlugin:
             firewall.check(spec)
 
     def status(self, req: Request) -> None:
-        from cni.tools import hostcheck
+        from cni.firewall import hostcheck  # lazy: STATUS only
 
         hostcheck.require(hostcheck.firewall_problems(parse_options(req.config).backend))
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import time
 
+from cni.runtime.client import socket_path
+
 MAX_BYTES = 16 << 20
 REASONS = ("disabled", "no_helper", "unavailable", "timeout", "refused", "error", "failed_mid_call")
 
 
 def path_for(env) -> str:
-    from cni.runtime.client import socket_path
-
     return os.path.join(os.path.dirname(socket_path(env)), "calls.log")
 
 

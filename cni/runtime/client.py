@@ -51,7 +51,7 @@ def build_identity() -> str:
     """Which build this process runs: pycni's version and the directory its code lives in (for an
     installed build `.pycni/<version>-<digest>/_internal/` under the bin dir: a new build is a new
     directory). The same for the bootloader executable and the launcher script of one build."""
-    from cni.spec.version import PYCNI
+    from cni.spec.version import PYCNI  # lazy: only on the path that needs it (the rule above)
 
     return f"{PYCNI} {os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))}"
 
@@ -73,18 +73,16 @@ def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     return buf
 
 
-def _in_process(plugin: str, env, data: bytes, stdout) -> int:
-    import io
+def _in_process(run_here, plugin: str, env, data: bytes, stdout) -> int:
+    import io  # lazy: only on the path that needs it (the rule above)
 
-    from cni.plugins import run
-
-    return run(plugin, env, io.BytesIO(data), stdout)
+    return run_here(plugin, env, io.BytesIO(data), stdout)
 
 
 def _kill(pidfd: int | None) -> None:
     if pidfd is None:
         return
-    import signal
+    import signal  # lazy: only on the path that needs it (the rule above)
 
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -179,9 +177,9 @@ def helper_state(env) -> str:
         sock.close()
 
 
-def forward(plugin: str, env, stdin, stdout) -> int | None:
-    """Exit code of the call, served by the helper or (when the helper did not take it) in
-    process; None when there is no helper to ask."""
+def forward(plugin: str, env, stdin, stdout, run_here) -> int | None:
+    """Exit code of the call, served by the helper or (when the helper did not take it) by
+    `run_here(plugin, env, stdin, stdout)` in process; None when there is no helper to ask."""
     global not_taken, fallback, answer_code
     if env.get("PYCNI_HELPER", "1") == "0":
         fallback = "disabled"
@@ -206,7 +204,7 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
                     "unavailable" if isinstance(e, (ConnectionRefusedError, FileNotFoundError)) else
                     "refused" if isinstance(e, ValueError) else "error")
         sock.close()            # never handed over: the helper will not run it; we do
-        return _in_process(plugin, env, data, stdout)
+        return _in_process(run_here, plugin, env, data, stdout)
     try:                        # from here on the call is the helper's
         sock.settimeout(CALL_TIMEOUT)
         size = struct.unpack("!I", _recv_exact(sock, 4))[0]
@@ -216,11 +214,11 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         _kill(pidfd)            # it may not go on after we give up
         if env.get("CNI_COMMAND", "") != "ADD":
             fallback = "failed_mid_call"
-            return _in_process(plugin, env, data, stdout)   # DEL, CHECK, STATUS, GC: idempotent
+            return _in_process(run_here, plugin, env, data, stdout)   # DEL, CHECK, STATUS, GC: idempotent
         answer_code = CODE_TRY_AGAIN
         out = {"cniVersion": "1.1.0", "code": CODE_TRY_AGAIN,
                "msg": "pycni helper failed during the call", "details": str(e) or type(e).__name__}
-        from cni.spec import jsonio
+        from cni.spec import jsonio  # lazy: only on the path that needs it (the rule above)
 
         stdout.write(jsonio.dumps(out) + "\n")
         stdout.flush()
@@ -230,7 +228,7 @@ def forward(plugin: str, env, stdin, stdout) -> int | None:
         os.close(pidfd)
     if rc != 0:
         try:
-            from cni.spec import jsonio
+            from cni.spec import jsonio  # lazy: only on the path that needs it (the rule above)
 
             answer_code = int(jsonio.loads(text).get("code") or 999)
         except (ValueError, TypeError, AttributeError):

@@ -21,24 +21,27 @@ import socket
 import struct
 import sys
 
-from cni.linux import netns
-from cni.runtime import client
+from cni.linux import netns, rtnl
+from cni.linux.children import die_with
+from cni.firewall import nft
+from cni.runtime import client, registry
 from cni.runtime.client import ACK, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, INFO, NOT_MINE, _recv_exact, build_identity
-from cni.plugins import PLUGINS
+from cni.runtime.registry import PLUGINS
+from cni.spec import names
+from cni.spec.log import log
+# what the calls need, imported once here so that every forked child starts warm
+from cni.bridge import apply as _bridge_apply, plugin as _bridge_plugin  # noqa: F401
+from cni.firewall import rules as _firewall_rules  # noqa: F401
+from cni.portmap import plugin as _portmap_plugin  # noqa: F401
+from ipam import plugin as _ipam_plugin, service as _ipam_service  # noqa: F401
+from cni.runtime import attachment_lock as _attachment_lock  # noqa: F401
+from cni.spec import request as _request, result as _result  # noqa: F401
 
 REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
 
 
 def _warm_up() -> None:
-    """Import what the calls need once, in the parent, so every forked child starts warm."""
-    from cni.bridge import apply, plugin  # noqa: F401
-    from cni.firewall import nft, rules  # noqa: F401
-    from cni.linux import rtnl  # noqa: F401
-    from cni.portmap import plugin as portmap  # noqa: F401
-    from ipam import plugin as ipam_plugin, service  # noqa: F401
-    from cni.runtime import attachment_lock  # noqa: F401
-    from cni.spec import names, request, result  # noqa: F401
-
+    """Load once, in the parent, what every call needs, so every forked child starts warm."""
     names.sha256_hex("")    # its C module (every call hashes names): loaded once, not per child
     nft._library()          # dlopen libnftables once: children share the mapping
     ipr = rtnl.Rtnl()       # pyroute2's tables, built once (read-only dumps of our namespace)
@@ -96,14 +99,12 @@ def _serve_one(conn: socket.socket, build: str) -> None:
     os.close(caller_net)
     os.chdir("/")
     client.served_by_helper = os.getppid()
-    from cni import plugins
-    from cni.spec.log import log
 
     env = request["env"]
     log.configure(path=env.get("PYCNI_LOG_FILE", log.path))
     out = io.StringIO()
     name = request.get("plugin") if request.get("plugin") in PLUGINS else "pycni"
-    rc = plugins.run(name, env, io.BytesIO(request["stdin"]), out, about=f"{name}(helper)")
+    rc = registry.run(name, env, io.BytesIO(request["stdin"]), out, about=f"{name}(helper)")
     reply = marshal.dumps({"rc": rc, "stdout": out.getvalue()})
     conn.sendall(struct.pack("!I", len(reply)) + reply)
 
@@ -141,7 +142,7 @@ def _log(text: str) -> None:
     sys.stderr.flush()
 
 
-def _start_metrics(path: str, address: str, conf_dir: str, server: socket.socket) -> int:
+def _start_metrics(serve_metrics, path: str, address: str, conf_dir: str, server: socket.socket) -> int:
     """Fork the helper's metrics server while the helper is still one thread (a thread in the
     helper itself would be copied, half-locked, into every call's child). It dies with us."""
     helper = os.getpid()
@@ -152,12 +153,9 @@ def _start_metrics(path: str, address: str, conf_dir: str, server: socket.socket
     try:
         server.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        from cni.linux.children import die_with
 
         die_with(helper, signal.SIGTERM)
-        from cni.agent.metrics import serve_for_helper
-
-        serve_for_helper(address, os.path.join(os.path.dirname(path), "calls.log"), conf_dir, helper)
+        serve_metrics(address, os.path.join(os.path.dirname(path), "calls.log"), conf_dir, helper)
     except BaseException as e:
         code = 1
         try:
@@ -168,7 +166,13 @@ def _start_metrics(path: str, address: str, conf_dir: str, server: socket.socket
         os._exit(code)
 
 
-def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d") -> int:
+def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d",
+          serve_metrics=None) -> int:
+    """Serve calls on `path` until SIGTERM (or re-execute when the executable became a new build).
+    With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid)` runs in a
+    process of its own (handed in by the command line: the metrics server is not the runtime's)."""
+    if metrics_address and serve_metrics is None:
+        raise ValueError("a metrics address needs the metrics server to run there")
     _private_dir(path)
     if _answering(path):
         _log(f"another helper is serving on {path}; not starting")
@@ -191,7 +195,7 @@ def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str =
     mine = os.stat(path)
     server.listen(128)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    metrics_pid = _start_metrics(path, metrics_address, conf_dir, server) if metrics_address else 0
+    metrics_pid = _start_metrics(serve_metrics, path, metrics_address, conf_dir, server) if metrics_address else 0
     _log(f"serving on {path} (pid {os.getpid()})" + (f", metrics on {metrics_address}" if metrics_address else ""))
     build, started_as = build_identity(), _started_as()
     watching: dict[int, tuple[socket.socket, int]] = {}     # fd -> (connection, child pid)

@@ -43,7 +43,7 @@ _encode = (_json.make_encoder({}, _unserialisable, _json.encode_basestring_ascii
 
 
 def _slow_loads(text):
-    import json
+    import json  # lazy: the json package only where _json's functions are missing
 
     return json.loads(text)
 
@@ -69,7 +69,7 @@ def loads(text: bytes | str):
 
 def dumps(obj) -> str:
     if _encode is None:
-        import json
+        import json  # lazy: the json package only where _json's functions are missing
 
         return json.dumps(obj, separators=(",", ":"), allow_nan=False)
     return "".join(_encode(obj, 0))

@@ -43,7 +43,7 @@ class Logger:
         if n < self.level:
             return
         if self.json:
-            from cni.spec import jsonio
+            from cni.spec import jsonio  # lazy: only for logFormat json
 
             line = jsonio.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level,
                                  "pid": os.getpid(), **self.fields, "msg": msg}) + "\n"

@@ -20,11 +20,12 @@ def sha256_hex(text: str) -> str:
     """SHA-256 of `text`, hex. CPython's built-in implementation: `hashlib` would first load
     OpenSSL's libcrypto through `_hashlib`, 2-3 ms of every plugin process's start (measured)."""
     try:
-        from _sha256 import sha256          # CPython <= 3.11
+        from _sha256 import sha256  # lazy: CPython <= 3.11
     except ImportError:
         try:
-            from _sha2 import sha256        # CPython >= 3.12
+            from _sha2 import sha256  # lazy: CPython >= 3.12
         except ImportError:
+            # lazy: the C module of this interpreter, never hashlib's OpenSSL set-up
             from hashlib import sha256
     return sha256(text.encode()).hexdigest()
 

@@ -5,14 +5,14 @@ and stdin exactly once (`build_request`), and the pieces of the contract handler
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Mapping, Protocol
+from typing import IO, Any, Callable, Mapping, Protocol
 
 from cni.record import field, record
 from cni.spec import names
 from cni.spec.errors import InvalidConfig, InvalidEnvironment, InvalidNetns
 from cni.spec.log import log
 from cni.spec.result import Result
-from cni.spec.skel import COMMANDS, config_version, decode_config, read_stdin, version_of_stdin
+from cni.spec.stdin import COMMANDS, config_version, decode_config, read_stdin, version_of_stdin
 from cni.spec.version import CURRENT, ensure_supported, ensure_verb_allowed
 
 _REQUIRED = {
@@ -22,6 +22,10 @@ _REQUIRED = {
 }
 KNOWN_ARGS = frozenset({"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"})
+
+
+def _helper_not_told() -> str:
+    return "not known (the call was not run by pycni's runtime)"
 
 
 @record
@@ -38,6 +42,8 @@ class Request:
     env: Mapping[str, str] = field(default_factory=dict)
     # DEL of a name ADD refuses: nothing can have been made for it, so there is nothing to do
     nothing_made: str = ""
+    # what STATUS says of the resident helper: handed down by the runtime that runs the call
+    helper_state: Callable[[], str] = field(default=_helper_not_told)
 
 
 class Plugin(Protocol):
@@ -94,7 +100,8 @@ def _cni_args(command: str, raw: str) -> dict[str, str]:
         return {}
 
 
-def build_request(env: Mapping[str, str], stdin: IO[bytes]) -> Request:
+def build_request(env: Mapping[str, str], stdin: IO[bytes],
+                  helper_state: Callable[[], str] | None = None) -> Request:
     command = env.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise InvalidEnvironment("unknown CNI_COMMAND", repr(command))
@@ -136,6 +143,7 @@ def build_request(env: Mapping[str, str], stdin: IO[bytes]) -> Request:
         version=version,
         env=env,
         nothing_made=nothing_made,
+        helper_state=helper_state or _helper_not_told,
     )
 
 

@@ -12,57 +12,16 @@ is what a runtime calls most often to probe a plugin, and a CNI process's start 
 from __future__ import annotations
 
 from cni.spec import jsonio
-from cni.spec.errors import CNIError, DecodeFailure, IOFailure
+from cni.spec.errors import CNIError
 from cni.spec.log import log
+from cni.spec.stdin import version_of_stdin
 from cni.spec.version import CURRENT, SUPPORTED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Callable, Mapping
+    from typing import IO, Callable, ContextManager, Mapping
 
-    from cni.spec.request import Plugin
-
-COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC")
-MAX_STDIN = 16 * 1024 * 1024
-
-
-def decode_config(raw: bytes) -> dict:
-    try:
-        conf = jsonio.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DecodeFailure("failed to decode network configuration", str(e)) from None
-    if not isinstance(conf, dict):
-        raise DecodeFailure("failed to decode network configuration", "top level must be an object")
-    return conf
-
-
-def config_version(conf: Mapping) -> str:
-    version = conf.get("cniVersion", "0.1.0") or "0.1.0"
-    if not isinstance(version, str):
-        raise DecodeFailure("invalid cniVersion", repr(version))
-    return version
-
-
-def read_stdin(stdin: IO[bytes]) -> bytes:
-    try:
-        raw = stdin.read(MAX_STDIN + 1)
-    except OSError as e:
-        raise IOFailure("failed to read stdin", str(e)) from None
-    if len(raw) > MAX_STDIN:
-        raise IOFailure("network configuration too large", f"more than {MAX_STDIN} bytes on stdin")
-    return raw
-
-
-def version_of_stdin(stdin: IO[bytes]) -> str:
-    """VERSION's answer carries the config's cniVersion when stdin has one (an unreadable or
-    empty stdin is no error for VERSION)."""
-    try:
-        raw = read_stdin(stdin)
-        conf = decode_config(raw) if raw.strip() else {}
-        return config_version(conf) if conf else CURRENT
-    except CNIError:
-        return CURRENT
-
+    from cni.spec.request import Plugin, Request
 
 def _emit(stdout: IO[str], obj: dict) -> None:
     stdout.write(jsonio.dumps(obj) + "\n")
@@ -73,18 +32,23 @@ last_code = 0       # the CNI error code of the last call `run` answered (0: suc
 
 
 def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[bytes],
-        stdout: IO[str], about: str = "pycni", serialize: str = "") -> int:
-    """Serve one CNI call. Returns the process exit code. With `serialize` (the plugin's name),
-    ADD, DEL and CHECK of one attachment never overlap (cni.runtime.attachment_lock)."""
+        stdout: IO[str], about: str = "pycni",
+        guard: Callable[[Request], ContextManager] | None = None,
+        helper_state: Callable[[], str] | None = None) -> int:
+    """Serve one CNI call. Returns the process exit code.
+
+    What the runtime that runs us adds is handed in, never imported from above: `guard(req)`, a
+    context manager held around ADD, DEL and CHECK (the runtime's lock that keeps the calls of one
+    attachment from overlapping), and `helper_state()`, the line STATUS reports about the helper."""
     if env.get("CNI_COMMAND") == "VERSION":
         _emit(stdout, {"cniVersion": version_of_stdin(stdin), "supportedVersions": list(SUPPORTED)})
         return 0
     version = CURRENT
     try:
-        from cni.spec.request import build_request
+        from cni.spec.request import build_request  # lazy: VERSION answers without them
         from cni.spec.result import render
 
-        req = build_request(env, stdin)
+        req = build_request(env, stdin, helper_state)
         version = req.version
         conf = req.config
         log.configure(conf.get("logFile") if isinstance(conf.get("logFile"), str) else None,
@@ -99,10 +63,8 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         plugin = plugin_factory()
         handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                    "STATUS": plugin.status, "GC": plugin.gc}[req.command]
-        if serialize and req.command in ("ADD", "DEL", "CHECK"):
-            from cni.runtime.attachment_lock import one_call_per_attachment
-
-            with one_call_per_attachment(env, serialize, str(conf.get("name")), req.container_id, req.ifname):
+        if guard is not None and req.command in ("ADD", "DEL", "CHECK"):
+            with guard(req):
                 result = handler(req)
         else:
             result = handler(req)
@@ -117,7 +79,7 @@ def run(plugin_factory: Callable[[], Plugin], env: Mapping[str, str], stdin: IO[
         _emit(stdout, e.to_dict(version))
         return 1
     except Exception as e:  # the one place an unexpected exception is reported
-        import traceback
+        import traceback  # lazy: VERSION answers without them
 
         last_code = 999
 

@@ -5,14 +5,17 @@ cached for DEL and CHECK). This is our stand-in for cnitool: the demo and the te
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ipam.delegate import exec_plugin
+import yaml
+
 from cni.spec.errors import CNIError, InvalidConfig
+from cni.spec.names import sha256_hex
 from cni.spec.version import at_least
+from ipam.delegate import exec_plugin
 
 DEFAULT_CACHE_DIR = "/var/lib/cni/results"
 
@@ -31,8 +34,6 @@ def load_conflist(path: str) -> dict:
         text = f.read()
     try:
         if path.endswith((".yaml", ".yml")):
-            import yaml
-
             try:
                 conf = yaml.safe_load(text)
             except yaml.YAMLError as e:
@@ -51,8 +52,6 @@ def load_conflist(path: str) -> dict:
 
 
 def default_container_id(netns: str) -> str:
-    from cni.spec.names import sha256_hex
-
     return sha256_hex(netns)
 
 

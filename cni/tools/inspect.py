@@ -17,12 +17,19 @@ any, as `calicoctl ipam check` does for Calico.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass, field
 
+from cni.firewall import nft
+from cni.firewall.attachment import network_hash
+from cni.firewall.iptables import chain_names
+from cni.firewall.policy import read_records
+from cni.linux.links import attr, open_rtnl
+from cni.linux.xtables import legacy_tables
 from cni.spec import names
+from ipam.store import DiskStore
 
 
 @dataclass
@@ -88,8 +95,6 @@ def networks(conf_dir: str) -> list[Network]:
 
 def interfaces() -> list[dict]:
     """Host veths with pycni's alias: {network, container_id, ifname, hash, veth, bridge, mac}."""
-    from cni.linux.links import attr, open_rtnl
-
     ipr = open_rtnl()
     try:
         links = ipr.links()
@@ -134,16 +139,12 @@ def _peer_namespaces() -> dict[str, str]:
 
 def reservations(net: Network) -> dict[str, tuple[str, str]]:
     """address -> (container id, ifname) in the network's IPAM store."""
-    from ipam.store import DiskStore
-
     if net.data_dir is None:
         return {}
     return {str(ip): owner for ip, owner in DiskStore(os.path.join(net.data_dir, net.name)).holders().items()}
 
 
 def nft_elements() -> list[tuple[str, str, str, str]]:
-    from cni.firewall import nft
-
     try:
         listing = nft._listing()
     except Exception:           # no nftables here: nothing of ours either
@@ -153,8 +154,6 @@ def nft_elements() -> list[tuple[str, str, str, str]]:
 
 def iptables_chains() -> set[str]:
     """PYCNI-DN-/PYCNI-MS- chains in the legacy nat tables."""
-    from cni.firewall.rules import legacy_tables
-
     out: set[str] = set()
     for family, program in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if "nat" not in legacy_tables(family):
@@ -169,8 +168,6 @@ def iptables_chains() -> set[str]:
 
 
 def policy_records(net: Network) -> dict[str, dict]:
-    from cni.firewall.policy import read_records
-
     return read_records(net.policy_dir, net.name) if net.policy_dir else {}
 
 
@@ -186,9 +183,6 @@ def gather(conf_dir: str) -> Report:
 def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str, tuple[str, str]]],
                 elements: list[tuple[str, str, str, str]], chains: set[str],
                 records: dict[str, dict[str, dict]]) -> Report:
-    from cni.firewall.iptables import chain_names
-    from cni.firewall.rules import network_hash
-
     atts: dict[str, Attachment] = {}
     problems: list[str] = []
     for link in links:

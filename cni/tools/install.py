@@ -30,13 +30,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import time
 from pathlib import Path
+import shutil
+import subprocess
+import time
 from typing import Any, Mapping
 
-from cni.spec.version import PYCNI
+from cni.bridge import config
+from cni.firewall.options import parse_options
 from cni.spec.errors import CNIError, InvalidConfig
+from cni.spec.version import PYCNI, SUPPORTED
+from cni.tools.driver import load_conflist
 
 NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-loopback")
 LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed only where none is
@@ -68,7 +72,7 @@ def launcher_text(interpreter: str) -> str:
             f"# pycni {PYCNI}, written by `pycni install`: the build's own interpreter runs the plugin\n"
             "# named by the path it was started as (pycni, pycni-ipam, pycni-portmap, loopback)\n"
             "import sys\n"
-            "from cni.runtime.entry import by_name\n"
+            "from cni.entry import by_name\n"
             "sys.exit(by_name(sys.argv[0]))\n")
 
 
@@ -238,8 +242,6 @@ def _fsync_dir(path: Path) -> None:
 
 def validate_conflist(conf: Mapping[str, Any]) -> None:
     """What a runtime would reject, and pycni's own plugins' configs, before anything is written."""
-    from cni.spec.version import SUPPORTED
-
     for key in ("name", "cniVersion"):
         if not isinstance(conf.get(key), str) or not conf[key]:
             raise InvalidConfig("invalid network configuration", f"missing {key!r}")
@@ -251,12 +253,8 @@ def validate_conflist(conf: Mapping[str, Any]) -> None:
             raise InvalidConfig("invalid network configuration", "every plugin needs a \"type\"")
         full = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"]}
         if plugin["type"] == "pycni":
-            from cni.bridge import config
-
             config.parse(full, {})
         elif plugin["type"] == "pycni-portmap":
-            from cni.portmap.options import parse_options
-
             parse_options(full)
 
 
@@ -313,8 +311,6 @@ WantedBy=multi-user.target
 
 def install_helper_unit(bin_dir: Path, unit_dir: Path, socket: str) -> list[str]:
     """Write the unit (atomically) and, where systemd runs, enable and (re)start it."""
-    import subprocess
-
     unit_dir.mkdir(parents=True, exist_ok=True)
     path = unit_dir / HELPER_UNIT
     tmp = unit_dir / f".{HELPER_UNIT}.{os.getpid()}"
@@ -343,8 +339,6 @@ def main(bin_dir: str, conf_dir: str, conflist: str | None, source: str | None,
     done = []
     conf = None
     if conflist:
-        from cni.tools.driver import load_conflist
-
         conf = load_conflist(conflist)
         validate_conflist(conf)          # before the binaries: a bad conflist changes nothing
     exe = install_binaries(bundle.resolve(), Path(bin_dir), node_bin_dir=Path(node_bin_dir) if node_bin_dir else None)

@@ -88,8 +88,8 @@ def test_the_per_pod_path_never_imports_the_kubernetes_client():
     import subprocess
     import sys
 
-    code = ("import sys, cni.runtime.entry, cni.plugins, cni.spec.skel, cni.bridge.plugin, cni.portmap.plugin, "
-            "cni.loopback, ipam.plugin, cni.runtime.server, cni.tools.cli, cni.agent.main, cni.agent.host; "
+    code = ("import sys, cni.entry, cni.runtime.registry, cni.spec.skel, cni.bridge.plugin, cni.portmap.plugin, "
+            "cni.loopback, ipam.plugin, cni.runtime.server, cni.cli, cni.agent.main, cni.agent.host; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

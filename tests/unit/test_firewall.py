@@ -9,7 +9,7 @@ from cni.firewall import rules as firewall
 from cni.spec.errors import InvalidConfig, UnsupportedField
 from cni.firewall.rules import FirewallSpec
 from cni.firewall import iptables, nft
-from cni.portmap.options import FirewallOptions, PortMapping, parse_mappings, parse_options
+from cni.firewall.options import FirewallOptions, PortMapping, parse_mappings, parse_options
 
 IP = ipaddress.ip_interface
 

@@ -6,7 +6,7 @@ import pytest
 
 from cni.spec.errors import InvalidConfig
 from cni.spec.fields import go_keys
-from cni.portmap.options import PortMapping, parse_mappings
+from cni.firewall.options import PortMapping, parse_mappings
 from ipam.config import parse_range
 
 

@@ -1,10 +1,10 @@
-"""STATUS checks of what the host must provide (cni.tools.hostcheck), with the probes faked."""
+"""STATUS checks of what the host must provide (cni.firewall.hostcheck), with the probes faked."""
 
 import subprocess
 
 import pytest
 
-from cni.tools import hostcheck
+from cni.firewall import hostcheck
 from cni.spec.errors import NotAvailable
 from cni.firewall import iptc_loader, rules
 

@@ -142,7 +142,7 @@ def test_daemonset_contract():
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     # the agent's command line parses
-    from cni.tools.cli import _parser
+    from cni.cli import _parser
 
     parsed = _parser().parse_args(["agent", *[a.replace("$(POD_SUBNETS)", env["POD_SUBNETS"]["value"])
                                               for a in agent["args"]]])

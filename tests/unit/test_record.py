@@ -150,7 +150,7 @@ def test_fields_and_post_init():
 def test_the_per_pod_path_imports_no_dataclasses():
     """What it is for: an ADD's modules (config, plan, result, IPAM, firewall) load without
     `dataclasses` and `inspect`."""
-    code = ("import sys, cni.runtime.entry, cni.spec.request, cni.bridge.plugin, cni.bridge.apply, "
+    code = ("import sys, cni.entry, cni.spec.request, cni.bridge.plugin, cni.bridge.apply, "
             "cni.bridge.check, ipam.plugin, ipam.service, ipam.delegate, cni.firewall.rules, "
             "cni.firewall.iptables, cni.firewall.nft, cni.firewall.policy, cni.portmap.plugin, cni.loopback; "
             "print(sorted({'dataclasses', 'inspect'} & set(sys.modules)))")

@@ -200,3 +200,54 @@ def test_json_log_lines_carry_the_call(tmp_path):
         assert path.read_text().splitlines()[-1].split(" ", 2)[1] == "WARNING"
     finally:
         log.configure(path="", fmt="text")
+
+
+def test_the_runtime_s_guard_is_held_around_add_del_and_check_only():
+    """What the runtime adds to a call (the attachment lock) is handed in: held while the handler
+    runs, for ADD, DEL and CHECK, and released when it raises."""
+    import contextlib
+
+    held = []
+    recorder = Recorder()
+
+    @contextlib.contextmanager
+    def guard(req):
+        held.append(("enter", req.command))
+        try:
+            yield
+        finally:
+            held.append(("exit", req.command))
+
+    class Watching(Recorder):
+        def _do(self, name, req):
+            assert held and held[-1] == ("enter", req.command), "handler ran outside the guard"
+            return super()._do(name, req)
+
+    plugin = Watching()
+    for command in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
+        env = {**BASE_ENV, "CNI_COMMAND": command, "CNI_NETNS": "/dev/null" if command != "DEL" else ""}
+        conf = {**CONF, "prevResult": {"cniVersion": "1.1.0"}} if command == "CHECK" else CONF
+        if command in ("STATUS", "GC"):
+            plugin = recorder          # no guard expected: its handler must not look for one
+        rc = skel.run(plugin, env, io.BytesIO(json.dumps(conf).encode()), io.StringIO(), guard=guard)
+        assert rc == 0, command
+    assert held == [("enter", "ADD"), ("exit", "ADD"), ("enter", "DEL"), ("exit", "DEL"),
+                    ("enter", "CHECK"), ("exit", "CHECK")]
+    failing = Recorder(raise_with=InvalidConfig("bad", ""))
+    held.clear()
+    env = {**BASE_ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": ""}
+    assert skel.run(failing, env, io.BytesIO(json.dumps(CONF).encode()), io.StringIO(), guard=guard) == 1
+    assert held == [("enter", "DEL"), ("exit", "DEL")]
+
+
+def test_status_reads_the_helper_state_the_runtime_hands_down():
+    recorder = Recorder()
+    env = {**BASE_ENV, "CNI_COMMAND": "STATUS"}
+    skel.run(recorder, env, io.BytesIO(json.dumps(CONF).encode()), io.StringIO(),
+             helper_state=lambda: "in use (pid 42)")
+    (_, req), = recorder.calls
+    assert req.helper_state() == "in use (pid 42)"
+    recorder = Recorder()
+    skel.run(recorder, env, io.BytesIO(json.dumps(CONF).encode()), io.StringIO())
+    (_, req), = recorder.calls
+    assert req.helper_state().startswith("not known")

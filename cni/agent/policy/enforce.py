@@ -15,18 +15,18 @@ import os
 import time
 from typing import Iterable, Mapping
 
-from cni.spec.log import log
 from cni.agent.policy.compile import Compiled, compile_policies, render
 from cni.agent.policy.objects import Pod, Policy
+from cni.firewall import nft
 from cni.firewall.policy import PENDING, TABLE, Locked, elements_of, read_json, read_records, write_json
+from cni.firewall.rules import IPT, resolve
+from cni.spec.log import log
 
 BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
 
 
 def preconditions() -> str | None:
     """None when policies can be enforced on this node, else the reason they cannot."""
-    from cni.firewall.rules import IPT, resolve
-
     backend, why = resolve("auto")
     if backend == IPT:
         return f"this node's firewall is legacy iptables ({why}); pycni enforces NetworkPolicy with nftables only"
@@ -87,8 +87,6 @@ class Outcome:
 
 def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
          namespaces: Mapping[str, Mapping[str, str]]) -> Outcome:
-    from cni.firewall import nft
-
     started = time.monotonic()
     with Locked(state_dir):
         records = read_records(state_dir)
@@ -127,8 +125,6 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
 def disable(state_dir: str) -> None:
     """Policies off (--no-network-policy after they were on): remove the table and the marker, so
     the plugin stops adding elements and nothing is filtered."""
-    from cni.firewall import nft
-
     with Locked(state_dir):
         try:
             os.unlink(os.path.join(state_dir, "enforcing"))

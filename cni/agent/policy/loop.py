@@ -12,10 +12,11 @@ import threading
 import time
 from typing import Callable
 
-from cni.spec.log import log
 from cni.agent.policy import enforce
-from cni.agent.policy.objects import (Policy, PolicyError, Selector, parse_namespace, parse_pod,
-                                      parse_policy, parse_selector)
+from cni.agent.policy.objects import (Policy, PolicyError, Selector, parse_namespace, parse_pod, parse_policy,
+                                      parse_selector)
+from cni.agent.watch import follow_objects, lister
+from cni.spec.log import log
 
 KINDS = ("pods", "namespaces", "networkpolicies")
 
@@ -116,8 +117,6 @@ class PolicyLoop:
 
 def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None) -> PolicyLoop:
     """The watches and the loop, each in a daemon thread (the API client must be configured)."""
-    from cni.agent.watch import follow_objects, lister
-
     loop = PolicyLoop(node, state_dir, on_sync=lambda outcome: print(outcome.summary(), flush=True),
                       metrics=metrics)
     for kind in KINDS:
