@@ -29,6 +29,12 @@ def _portmap() -> Any:
     return PortmapPlugin()
 
 
+def _bandwidth() -> Any:
+    from cni.bandwidth.plugin import BandwidthPlugin
+
+    return BandwidthPlugin()
+
+
 def _loopback() -> Any:
     from cni.loopback import LoopbackPlugin
 
@@ -36,12 +42,13 @@ def _loopback() -> Any:
 
 
 PLUGINS: dict[str, Callable[[], Any]] = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap,
-                                         "pycni-loopback": _loopback, "loopback": _loopback}
+                                         "pycni-bandwidth": _bandwidth, "pycni-loopback": _loopback, "loopback": _loopback}
 
 ABOUT = {
     "pycni": "bridge CNI plugin",
     "pycni-ipam": "file-backed CNI IPAM plugin (host-local layout)",
     "pycni-portmap": "port mapping CNI plugin (chained)",
+    "pycni-bandwidth": "traffic shaping CNI plugin (chained)",
     "pycni-loopback": "loopback CNI plugin (brings the pod's lo up)",
     "loopback": "loopback CNI plugin (pycni's; brings the pod's lo up)",
 }
@@ -49,7 +56,7 @@ ABOUT = {
 
 # plugins whose calls of one attachment never overlap (the IPAM plugin, called nested inside a
 # bridge ADD, and loopback, which only touches the pod's own lo, take no lock)
-SERIALIZED = frozenset({"pycni", "pycni-portmap"})
+SERIALIZED = frozenset({"pycni", "pycni-portmap", "pycni-bandwidth"})
 
 
 def run(name: str, env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], about: str = "") -> int:

@@ -12,6 +12,7 @@ import contextlib
 import os
 from typing import Any, Callable
 
+from cni.bandwidth import ifb
 from cni.bridge import apply, config
 from cni.linux import links
 from ipam import client as ipam_client
@@ -108,6 +109,12 @@ class BridgePlugin:
             apply.ensure_bridge_addresses(host, bridge, plan)
             ctr = apply.configure_container(plan, pod)
             apply.wait_port_up(host, veth.index)
+            shaped = None
+            if conf.shaping.any:
+                from cni.bandwidth import apply as shaping  # lazy: pyroute2's tc messages only when shaping
+
+                shaped = shaping.shape(host, veth.index, veth.name, veth.mtu, conf.shaping, conf.name,
+                                    req.container_id, req.ifname, undo)
             if conf.wants_firewall:
                 spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
                 from cni.firewall import rules as firewall
@@ -129,12 +136,13 @@ class BridgePlugin:
                 Interface(bridge.name, bridge.mac, mtu=bridge.mtu or None),
                 Interface(veth.name, veth.mac, mtu=veth.mtu or None),
                 Interface(ctr.name, ctr.mac, sandbox=req.netns, mtu=ctr.mtu or None),
-            ),
+            ) + ((shaped,) if shaped else ()),
             ips=tuple(IPConfig(ip.address, ip.gateway, interface=2) for ip in ipam.ips),
             routes=result_routes(conf, ipam),
             dns=final_dns(conf, ipam),
         )
-        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}")
+        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}"
+                 + (f", shaped {conf.shaping}" if conf.shaping.any else ""))
         return out
 
     def delete(self, req: Request) -> None:
@@ -179,6 +187,7 @@ class BridgePlugin:
         from cni.bridge.check import check_attachment
 
         check_attachment(conf, req, prev)
+        _check_shaping(conf, req)
         if conf.wants_firewall:
             from cni.firewall import rules as firewall
 
@@ -212,6 +221,7 @@ class BridgePlugin:
                 if att not in keep:
                     log.info(f"gc: removing {veth} (attachment {att[:16]})")
                     links.delete_link(host, veth)
+            ifb.gc(host, conf.name, keep)
         finally:
             host.close()
         from cni.firewall import rules as firewall
@@ -226,9 +236,25 @@ class BridgePlugin:
 
 
 def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
+    """The host veth (its qdiscs go with it), then the attachment's ifb device if it has one
+    (looked for whatever the config says now: the rates may have changed since ADD)."""
     host = links.open_rtnl()
     try:
         apply.delete_host_veth(host, conf.name, req.container_id, req.ifname)
+        ifb.remove(host, conf.name, req.container_id, req.ifname)
+    finally:
+        host.close()
+
+
+def _check_shaping(conf: config.NetConf, req: Request) -> None:
+    """CHECK: the host veth shaped as the config asks, and not shaped when it asks for nothing."""
+    from cni.bandwidth import apply as shaping  # lazy: pyroute2's tc messages, CHECK only
+
+    host = links.open_rtnl()
+    try:
+        veth = links.lookup(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+        if veth is not None:
+            shaping.check(host, veth["index"], conf.shaping, conf.name, req.container_id, req.ifname)
     finally:
         host.close()
 

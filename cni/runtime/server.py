@@ -31,9 +31,10 @@ REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request withi
 
 def _warm_up() -> None:
     """Import what the calls need once, in the parent, so every forked child starts warm."""
+    from cni.bandwidth import apply as shaping, plugin as bandwidth  # noqa: F401
     from cni.bridge import apply, plugin  # noqa: F401
     from cni.firewall import nft, rules  # noqa: F401
-    from cni.linux import rtnl  # noqa: F401
+    from cni.linux import rtnl, tc  # noqa: F401
     from cni.portmap import plugin as portmap  # noqa: F401
     from ipam import plugin as ipam_plugin, service  # noqa: F401
     from cni.runtime import attachment_lock  # noqa: F401
@@ -46,6 +47,7 @@ def _warm_up() -> None:
         ipr.warm_up()
     finally:
         ipr.close()
+    tc.warm_up()            # the traffic-control messages of shaping, likewise
     # what the parent holds stays where it is: a child's garbage collector would otherwise touch
     # (and so copy) every page of it; children run one call and exit, they collect nothing
     gc.freeze()

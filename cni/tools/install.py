@@ -8,7 +8,7 @@ Layout in the bin dir (one-directory build, see README):
                                                interpreter (_internal/bin/python3.11, no bootloader:
                                                ~4 ms less per call), written here with its path
     BIN/.pycni/<version>-<digest>/_internal/   Python and the libraries it loads
-    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-loopback  ->  .pycni/<id>/pycni-launch
+    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-bandwidth, BIN/pycni-loopback ->  .pycni/<id>/pycni-launch
     BIN/loopback  ->  the same, unless BIN already has a loopback plugin of its own
 
 The launcher's first line names its interpreter by absolute path, as the node sees it: installing
@@ -38,7 +38,7 @@ from typing import Any, Mapping
 from cni.spec.version import PYCNI
 from cni.spec.errors import CNIError, InvalidConfig
 
-NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-loopback")
+NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-bandwidth", "pycni-loopback")
 LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed only where none is
 STORE = ".pycni"
 EXE = "pycni"
@@ -258,6 +258,10 @@ def validate_conflist(conf: Mapping[str, Any]) -> None:
             from cni.portmap.options import parse_options
 
             parse_options(full)
+        elif plugin["type"] == "pycni-bandwidth":
+            from cni.bandwidth.options import parse
+
+            parse(full)
 
 
 def conflist_filename(source: str, name: str | None = None) -> str:
