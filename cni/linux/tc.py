@@ -60,14 +60,19 @@ def _bare_tcmsg_package() -> types.ModuleType:
 
 
 _bare_tcmsg_package()
-from pyroute2.netlink import nlmsg  # noqa: E402
+from pyroute2.netlink import nla, nlmsg  # noqa: E402
 from pyroute2.netlink.rtnl.tcmsg import cls_u32, sched_ingress, sched_tbf  # noqa: E402
 
 
 class _tbf_options(sched_tbf.options):
     """tbf's options with TCA_TBF_RATE64 (rates of 2^32 bytes/s and more), which pyroute2's map
-    stops short of."""
+    stops short of, and parameters encoded without the rate table pyroute2 computes in Python
+    (256 entries): no TCA_TBF_RTAB is sent, the kernel's tbf works from the rate itself."""
     nla_map = sched_tbf.options.nla_map + (("TCA_TBF_RATE64", "uint64"),)
+
+    class tbf_parms(sched_tbf.options.tbf_parms):
+        def encode(self) -> None:
+            nla.encode(self)
 
 
 _OPTIONS = {"tbf": _tbf_options, "ingress": sched_ingress.options, "u32": cls_u32.options}
