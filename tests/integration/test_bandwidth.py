@@ -227,3 +227,44 @@ def test_chained_del_removes_the_filter_and_qdiscs_it_made_from_another_plugins_
     assert "ingress" not in node.sh("tc", "qdisc", "show", "dev", veth)
     assert ifbs(node) == []
     chain.delete(pod, "c")
+
+
+def _tool(node, *args: str) -> subprocess.CompletedProcess:
+    p = subprocess.run(["ip", "netns", "exec", node.name, str(BIN / "pycni"), *args, "--conf-dir",
+                        str(node.tmp / "net.d")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_inspect_shows_the_shaping_and_a_leaked_ifb_and_explain_names_the_tbfs(node):
+    chain = Chain(node, "pycni")
+    conf = {k: v for k, v in chain.plugins[0][1].items() if k not in ("cniVersion", "name")}
+    (node.tmp / "net.d").mkdir()
+    (node.tmp / "net.d" / "10-bwnet.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "bwnet", "plugins": [{**conf, "capabilities": {"bandwidth": True}}]}))
+    shaped_pod, plain_pod = node.pod(), node.pod()
+    assert chain.add(shaped_pod, "shaped").rc == 0 and chain.add(plain_pod, "plain", bandwidth=None).rc == 0
+    p = _tool(node, "inspect", "--json", "--check")
+    assert p.returncode == 0, p.stdout
+    atts = {a["container_id"]: a for a in json.loads(p.stdout)["attachments"]}
+    assert (atts["shaped"]["ingress_rate"], atts["shaped"]["egress_rate"]) == (INGRESS, EGRESS)
+    assert atts["shaped"]["ifb"] == _ifb_of(chain.results["shaped"])
+    assert (atts["plain"]["ingress_rate"], atts["plain"]["egress_rate"], atts["plain"]["ifb"]) == (0, 0, "")
+    table = _tool(node, "inspect").stdout
+    assert "in 20Mbit/s, out 10Mbit/s" in table, table
+
+    shaped_ip, plain_ip = ip_of(chain.results["shaped"]), ip_of(chain.results["plain"])
+    out = json.loads(_tool(node, "explain", "shaped", f"{plain_ip}:80/tcp", "--json").stdout)
+    assert any("tbf (7063:) holds the pod's egress to 10Mbit/s" in h for h in out["hops"]), out["hops"]
+    out = json.loads(_tool(node, "explain", "plain", f"{shaped_ip}:80/tcp", "--json").stdout)
+    assert any("through its tbf (7063:) at 20Mbit/s" in h for h in out["hops"]), out["hops"]
+    assert not any("egress" in h for h in out["hops"]), out["hops"]         # the unshaped pod's own side
+
+    # a leaked ifb (its attachment gone) is a problem `--check` reports
+    node.sh("ip", "link", "add", "pbwdeadbeef012", "type", "ifb")
+    node.sh("ip", "link", "set", "pbwdeadbeef012", "alias", "pycni-bw/bwnet/ghost/eth0")
+    p = _tool(node, "inspect", "--json", "--check")
+    assert p.returncode == 1 and any("ifb without interface: pbwdeadbeef012" in x
+                                     for x in json.loads(p.stdout)["problems"]), p.stdout
+    chain.delete(shaped_pod, "shaped")
+    chain.delete(plain_pod, "plain", bandwidth=None)
