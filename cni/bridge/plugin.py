@@ -13,6 +13,7 @@ import os
 from typing import Any, Callable
 
 from cni.bandwidth import ifb
+from cni.bandwidth.options import describe as describe_shaping
 from cni.bridge import apply, config
 from cni.linux import links
 from ipam import client as ipam_client
@@ -142,7 +143,7 @@ class BridgePlugin:
             dns=final_dns(conf, ipam),
         )
         log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}"
-                 + (f", shaped {conf.shaping}" if conf.shaping.any else ""))
+                 + (f", shaped {describe_shaping(conf.shaping)}" if conf.shaping.any else ""))
         return out
 
     def delete(self, req: Request) -> None:
