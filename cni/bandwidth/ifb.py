@@ -36,8 +36,10 @@ def _gone(e: BaseException) -> bool:
 
 
 def _delete(host: Any, msg: Any) -> bool:
+    """Returns once the kernel has unregistered the device (`Rtnl.unregister_link`), not when its
+    deletion returns, as DEL does for the veth."""
     try:
-        host.delete_link(msg["index"])
+        host.unregister_link(msg["index"])
     except Exception as e:
         if netlink_errno(e) in (errno.ENODEV, errno.ENOENT):
             return False

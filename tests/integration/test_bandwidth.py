@@ -268,3 +268,18 @@ def test_inspect_shows_the_shaping_and_a_leaked_ifb_and_explain_names_the_tbfs(n
                                      for x in json.loads(p.stdout)["problems"]), p.stdout
     chain.delete(shaped_pod, "shaped")
     chain.delete(plain_pod, "plain", bandwidth=None)
+
+
+@pytest.mark.parametrize("way", ["pycni", "bridge+pycni-bandwidth"])
+def test_del_finishes_whatever_the_rates_say_now(node, way):
+    """DEL never refuses a config (the reference's DEL answers 999 to rates ADD would refuse, and
+    leaves its ifb): the ifb and qdiscs go, whether DEL's rates are bad, absent or different."""
+    chain = Chain(node, way)
+    pods = [node.pod() for _ in range(3)]
+    for i, pod in enumerate(pods):
+        assert chain.add(pod, f"d{i}").rc == 0
+    assert len(ifbs(node)) == 3
+    chain.delete(pods[0], "d0", bandwidth={"ingressRate": 1000})
+    chain.delete(pods[1], "d1", bandwidth=None)
+    chain.delete(pods[2], "d2", bandwidth={"ingressRate": 1000, "ingressBurst": 800})
+    assert ifbs(node) == [] and " tbf " not in qdiscs(node) and "ingress" not in qdiscs(node)
