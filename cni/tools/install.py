@@ -250,18 +250,23 @@ def validate_conflist(conf: Mapping[str, Any]) -> None:
         if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str):
             raise InvalidConfig("invalid network configuration", "every plugin needs a \"type\"")
         full = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"]}
-        if plugin["type"] == "pycni":
-            from cni.bridge import config
+        try:
+            if plugin["type"] == "pycni":
+                from cni.bridge import config
 
-            config.parse(full, {})
-        elif plugin["type"] == "pycni-portmap":
-            from cni.portmap.options import parse_options
+                config.parse(full, {})
+            elif plugin["type"] == "pycni-portmap":
+                from cni.portmap.options import parse_options
 
-            parse_options(full)
-        elif plugin["type"] == "pycni-bandwidth":
-            from cni.bandwidth.options import parse
+                parse_options(full)
+            elif plugin["type"] == "pycni-bandwidth":
+                from cni.bandwidth.options import parse
 
-            parse(full)
+                parse(full)
+        except InvalidConfig:
+            raise
+        except CNIError as e:       # the shaping options' refusals carry the reference's code 999
+            raise InvalidConfig(e.msg, e.details) from None
 
 
 def conflist_filename(source: str, name: str | None = None) -> str:
