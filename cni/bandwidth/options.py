@@ -12,7 +12,8 @@ kernel (the reference divides by it). A burst that lasts longer at its rate than
 counter holds (~275 s at the default clock; containerd and the kubelet pass a burst of 2^32 - 1
 bits with every annotation, 429 s at 10 Mbit/s) is held as the longest tbf can hold; the reference
 wraps it around modulo 2^32.
-`unshapedSubnets` / `shapedSubnets` came after v1.1.1 and are not options here either.
+`unshapedSubnets` / `shapedSubnets` came in v1.5.0 and are not options here either: as v1.1.1
+does, a config that has them is shaped whole (with a warning in the log).
 
 Ingress means towards the pod (a tbf on the host side of its interface), egress from it (the
 host side's ingress redirected to an ifb device, with a tbf there).
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from cni.record import record
 from cni.spec.errors import CNIError
 from cni.spec.fields import go_keys
+from cni.spec.log import log
 
 KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
 UINT64_MAX = (1 << 64) - 1
@@ -91,6 +93,10 @@ def _validate(rate: int, burst: int, direction: str) -> None:
 
 def parse(conf: Mapping[str, Any]) -> Shaping:
     """The shaping a config asks for (`NONE` when it asks for none). Raises CNIError (999)."""
+    later = go_keys(conf, ("unshapedSubnets", "shapedSubnets"))
+    if later:
+        log.warning(f"{', '.join(later)}: not supported (as in the reference bandwidth 1.1.1); "
+                    "every destination is shaped")
     static = go_keys(conf, KEYS)
     if static:
         entry, where = static, "config"

@@ -94,3 +94,16 @@ def test_a_tbf_message_round_trips():
                 "{'rate': 125000, 'buffer': 99, 'limit': 7}), ('TCA_TBF_RATE64', 1 << 35)]})]; m.encode(); "
                 "d = tc.tcmsg(m.data); d.decode(); print(json.dumps([d['index'], tc.tbf_parms(d)]))")
     assert seen == [3, {"rate": 1 << 35, "buffer": 99, "limit": 7}]
+
+
+def test_later_subnet_options_are_shaped_whole_with_a_warning(tmp_path, monkeypatch):
+    import io
+
+    from cni.spec.log import log
+
+    err = io.StringIO()
+    monkeypatch.setattr(log, "stderr", err)
+    monkeypatch.setattr(log, "path", str(tmp_path / "pycni.log"))
+    got = parse({"unshapedSubnets": ["10.0.0.0/8"], "ingressRate": 1000, "ingressBurst": 80})
+    assert got == Shaping(1000, 80, 0, 0)
+    assert "unshapedSubnets: not supported" in err.getvalue()
