@@ -35,7 +35,7 @@ def _gone(e: BaseException) -> bool:
     return netlink_errno(e) in (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 
 
-def _delete(host: Any, msg: Any) -> bool:
+def delete(host: Any, msg: Any) -> bool:
     """Returns once the kernel has unregistered the device (`Rtnl.unregister_link`), not when its
     deletion returns, as DEL does for the veth."""
     try:
@@ -51,7 +51,7 @@ def remove(host: Any, network: str, container_id: str, ifname: str) -> bool:
     """DEL: remove the attachment's ifb device if it is there and pycni's (its qdiscs go with
     it). True when one was removed."""
     msg = own_ifb(host, network, container_id, ifname)
-    return msg is not None and _delete(host, msg)
+    return msg is not None and delete(host, msg)
 
 
 def ifbs_on_host(host: Any, network: str) -> list[tuple[str, str]]:
@@ -72,6 +72,6 @@ def gc(host: Any, network: str, keep: set[str]) -> list[str]:
         if att not in keep:
             log.info(f"gc: removing ifb {name} (attachment {att[:16]})")
             msg = lookup(host, name)
-            if msg is not None and _delete(host, msg):
+            if msg is not None and delete(host, msg):
                 removed.append(name)
     return removed
