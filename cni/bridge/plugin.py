@@ -239,8 +239,8 @@ class BridgePlugin:
 def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
     """The host veth (its qdiscs go with it), then the attachment's ifb device if it has one
     (looked for whatever the config says now: the rates may have changed since ADD). The ifb is
-    looked up before the veth goes: a request after the veth's returns only once the kernel has
-    finished deleting it, and an unshaped pod's DEL would lose its early answer."""
+    looked up before the veth goes, so an unshaped pod's DEL sends nothing after the veth's
+    unregistration, as before shaping existed."""
     host = links.open_rtnl()
     try:
         shaped = ifb.own_ifb(host, conf.name, req.container_id, req.ifname)
