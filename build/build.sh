@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the self-contained pycni for /opt/cni/bin with PyInstaller (one-directory mode, see
 # README "The executable for /opt/cni/bin"). Output: dist/pycni/ with the executable `pycni`, the
-# links `pycni-ipam`, `pycni-portmap`, `pycni-loopback` and `loopback` beside it, and `_internal/`.
+# links `pycni-ipam`, `pycni-portmap`, `pycni-bandwidth`, `pycni-loopback` and `loopback` beside it, and `_internal/`.
 # `_internal/bin/python3.11` is the interpreter PyInstaller bundled libpython from, made to load
 # that libpython ($ORIGIN rpath) and to take its path from `python3.11._pth` (isolated, no site):
 # `pycni install` points the installed names at a script it runs, which starts ~4 ms faster than
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
   bash scripts/pip.sh -e '.[build]'
 rm -rf dist/pycni
 .venv/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/.work build/pycni.spec
-for name in pycni-ipam pycni-portmap pycni-loopback loopback; do ln -s pycni "dist/pycni/$name"; done
+for name in pycni-ipam pycni-portmap pycni-bandwidth pycni-loopback loopback; do ln -s pycni "dist/pycni/$name"; done
 
 INTERNAL=dist/pycni/_internal
 PY=$(readlink -f .venv/bin/python)

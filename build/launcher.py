@@ -1,4 +1,4 @@
-"""PyInstaller entry script: the one frozen executable behind pycni, pycni-ipam, pycni-portmap
+"""PyInstaller entry script: the one frozen executable behind pycni, pycni-ipam, pycni-portmap, pycni-bandwidth
 and the loopback plugin (the name it is run as decides)."""
 
 import sys

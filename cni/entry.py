@@ -73,13 +73,17 @@ def pycni_portmap() -> int:
     return _plugin("pycni-portmap")
 
 
+def pycni_bandwidth() -> int:
+    return _plugin("pycni-bandwidth")
+
+
 def pycni_loopback() -> int:
     return _plugin("pycni-loopback")
 
 
 def by_name(argv0: str) -> int:
     """One executable, several names (the frozen build installs pycni-ipam, pycni-portmap,
-    pycni-loopback and loopback as symlinks to pycni): the name a runtime ran decides the plugin.
+    pycni-bandwidth, pycni-loopback and loopback as symlinks to pycni): the name a runtime ran decides the plugin.
     Unknown names act as `pycni`."""
     from cni.runtime.registry import PLUGINS  # lazy: per call, only what this command needs
 

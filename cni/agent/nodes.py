@@ -61,7 +61,7 @@ class Options:
 
 def conflist(me: NodeInfo, opts: Options) -> dict:
     """The node's conflist: a pycni bridge over its podCIDRs (one range set per family), then port
-    mapping. Masquerade is the agent's (cluster-wide), not the plugin's (per-pod ipMasq would
+    mapping; the pods' bandwidth annotations shape them in the same ADD. Masquerade is the agent's (cluster-wide), not the plugin's (per-pod ipMasq would
     masquerade pod-to-pod traffic between nodes)."""
     if not me.pod_cidrs:
         raise NodeError(f"node {me.name} has no spec.podCIDRs yet")
@@ -69,7 +69,7 @@ def conflist(me: NodeInfo, opts: Options) -> dict:
     bridge: dict[str, Any] = {
         "type": "pycni", "bridge": opts.bridge, "isGateway": True, "isDefaultGateway": True,
         "hairpinMode": True, "ipMasq": False,
-        "capabilities": {"portMappings": True},
+        "capabilities": {"portMappings": True, "bandwidth": True},
         "ipam": {
             "type": "pycni-ipam", "dataDir": opts.data_dir,
             "ranges": [[{"subnet": str(c)}] for c in me.pod_cidrs],

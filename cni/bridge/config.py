@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from cni.bandwidth import options as bandwidth
 from cni.firewall.options import FirewallOptions, PortMapping, parse_mappings, parse_options
 from cni.record import field, record
 from cni.spec import names, result
@@ -44,6 +45,7 @@ class NetConf:
     args: Mapping[str, Any] = field(default_factory=dict)
     port_mappings: tuple[PortMapping, ...] = ()
     firewall: FirewallOptions = FirewallOptions()
+    shaping: bandwidth.Shaping = bandwidth.NONE   # the `bandwidth` capability or static rates
     policy_dir: str = ""            # networkPolicy: the state directory shared with the agent
     complete: bool = True           # False: parsed leniently for DEL, options may be missing
 
@@ -135,6 +137,7 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         args=args,
         port_mappings=parse_mappings(runtime_config.get("portMappings")),
         firewall=parse_options(conf),
+        shaping=bandwidth.parse(conf),
         policy_dir=string(conf, "networkPolicy", ""),
     )
 
@@ -146,7 +149,7 @@ def parse_for_delete(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None
     attachment's rules by their mark), no prevResult, the IPAM section as it is."""
     try:
         return parse(conf, cni_args)
-    except (InvalidConfig, UnsupportedField, DecodeFailure) as e:
+    except CNIError as e:           # any refusal of ADD's (the bandwidth options' are code 999)
         log.warning(f"DEL of a config ADD would refuse ({e.msg}: {e.details}): removing what is there")
 
     def lenient(read, fallback):

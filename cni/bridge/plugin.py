@@ -12,6 +12,8 @@ import contextlib
 import os
 from typing import Any, Callable
 
+from cni.bandwidth import ifb
+from cni.bandwidth.options import describe as describe_shaping
 from cni.bridge import apply, config
 from cni.linux import links
 from cni.bridge import ipam_client
@@ -108,6 +110,12 @@ class BridgePlugin:
             apply.ensure_bridge_addresses(host, bridge, plan)
             ctr = apply.configure_container(plan, pod)
             apply.wait_port_up(host, veth.index)
+            shaped = None
+            if conf.shaping.any:
+                from cni.bandwidth import apply as shaping  # lazy: pyroute2's tc messages only when shaping
+
+                shaped = shaping.shape(host, veth.index, veth.name, veth.mtu, conf.shaping, conf.name,
+                                    req.container_id, req.ifname, undo)
             if conf.wants_firewall:
                 spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
                 # lazy: per call, only what this command and config need
@@ -130,12 +138,13 @@ class BridgePlugin:
                 Interface(bridge.name, bridge.mac, mtu=bridge.mtu or None),
                 Interface(veth.name, veth.mac, mtu=veth.mtu or None),
                 Interface(ctr.name, ctr.mac, sandbox=req.netns, mtu=ctr.mtu or None),
-            ),
+            ) + ((shaped,) if shaped else ()),
             ips=tuple(IPConfig(ip.address, ip.gateway, interface=2) for ip in ipam.ips),
             routes=result_routes(conf, ipam),
             dns=final_dns(conf, ipam),
         )
-        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}")
+        log.info(f"added {req.ifname} {[str(i.address) for i in out.ips]} on {conf.bridge}"
+                 + (f", shaped {describe_shaping(conf.shaping)}" if conf.shaping.any else ""))
         return out
 
     def delete(self, req: Request) -> None:
@@ -182,6 +191,7 @@ class BridgePlugin:
         from cni.bridge.check import check_attachment
 
         check_attachment(conf, req, prev)
+        _check_shaping(conf, req)
         if conf.wants_firewall:
             # lazy: per call, only what this command and config need
             from cni.firewall import rules as firewall
@@ -214,6 +224,7 @@ class BridgePlugin:
                 if att not in keep:
                     log.info(f"gc: removing {veth} (attachment {att[:16]})")
                     links.delete_link(host, veth)
+            ifb.gc(host, conf.name, keep)
         finally:
             host.close()
         from cni.firewall import rules as firewall  # lazy: per call, only what this command and config need
@@ -228,9 +239,29 @@ class BridgePlugin:
 
 
 def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
+    """The host veth (its qdiscs go with it), then the attachment's ifb device if it has one
+    (looked for whatever the config says now: the rates may have changed since ADD). The ifb is
+    looked up before the veth goes, so an unshaped pod's DEL sends nothing after the veth's
+    unregistration, as before shaping existed."""
     host = links.open_rtnl()
     try:
+        shaped = ifb.own_ifb(host, conf.name, req.container_id, req.ifname)
         apply.delete_host_veth(host, conf.name, req.container_id, req.ifname)
+        if shaped is not None:
+            ifb.delete(host, shaped)
+    finally:
+        host.close()
+
+
+def _check_shaping(conf: config.NetConf, req: Request) -> None:
+    """CHECK: the host veth shaped as the config asks, and not shaped when it asks for nothing."""
+    from cni.bandwidth import apply as shaping  # lazy: pyroute2's tc messages, CHECK only
+
+    host = links.open_rtnl()
+    try:
+        veth = links.lookup(host, names.host_veth_name(conf.name, req.container_id, req.ifname))
+        if veth is not None:
+            shaping.check(host, veth["index"], conf.shaping, conf.name, req.container_id, req.ifname)
     finally:
         host.close()
 

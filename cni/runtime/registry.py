@@ -31,6 +31,12 @@ def _portmap() -> Any:
     return PortmapPlugin()
 
 
+def _bandwidth() -> Any:
+    from cni.bandwidth.plugin import BandwidthPlugin  # lazy: per call, only the plugin this call runs
+
+    return BandwidthPlugin()
+
+
 def _loopback() -> Any:
     # lazy: per call, only the plugin and runtime parts this call uses
     from cni.loopback import LoopbackPlugin
@@ -39,12 +45,13 @@ def _loopback() -> Any:
 
 
 PLUGINS: dict[str, Callable[[], Any]] = {"pycni": _bridge, "pycni-ipam": _ipam, "pycni-portmap": _portmap,
-                                         "pycni-loopback": _loopback, "loopback": _loopback}
+                                         "pycni-bandwidth": _bandwidth, "pycni-loopback": _loopback, "loopback": _loopback}
 
 ABOUT = {
     "pycni": "bridge CNI plugin",
     "pycni-ipam": "file-backed CNI IPAM plugin (host-local layout)",
     "pycni-portmap": "port mapping CNI plugin (chained)",
+    "pycni-bandwidth": "traffic shaping CNI plugin (chained)",
     "pycni-loopback": "loopback CNI plugin (brings the pod's lo up)",
     "loopback": "loopback CNI plugin (pycni's; brings the pod's lo up)",
 }
@@ -52,7 +59,7 @@ ABOUT = {
 
 # plugins whose calls of one attachment never overlap (the IPAM plugin, called nested inside a
 # bridge ADD, and loopback, which only touches the pod's own lo, take no lock)
-SERIALIZED = frozenset({"pycni", "pycni-portmap"})
+SERIALIZED = frozenset({"pycni", "pycni-portmap", "pycni-bandwidth"})
 
 
 def _one_call_per_attachment(name: str) -> Callable[[Any], Any]:

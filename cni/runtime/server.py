@@ -21,7 +21,7 @@ import socket
 import struct
 import sys
 
-from cni.linux import netns, rtnl
+from cni.linux import netns, rtnl, tc
 from cni.linux.children import die_with
 from cni.firewall import nft
 from cni.runtime import client, registry
@@ -30,6 +30,7 @@ from cni.runtime.registry import PLUGINS
 from cni.spec import names
 from cni.spec.log import log
 # what the calls need, imported once here so that every forked child starts warm
+from cni.bandwidth import apply as _shaping, plugin as _bandwidth_plugin  # noqa: F401
 from cni.bridge import apply as _bridge_apply, plugin as _bridge_plugin  # noqa: F401
 from cni.firewall import rules as _firewall_rules  # noqa: F401
 from cni.portmap import plugin as _portmap_plugin  # noqa: F401
@@ -49,6 +50,7 @@ def _warm_up() -> None:
         ipr.warm_up()
     finally:
         ipr.close()
+    tc.warm_up()            # the traffic-control messages of shaping, likewise
     # what the parent holds stays where it is: a child's garbage collector would otherwise touch
     # (and so copy) every page of it; children run one call and exit, they collect nothing
     gc.freeze()

@@ -79,23 +79,31 @@ def host_veth_name(network: str, container_id: str, ifname: str) -> str:
     return "veth" + attachment_hash(network, container_id, ifname)[:11]
 
 
-def attachment_alias(network: str, container_id: str, ifname: str) -> str:
+def ifb_name(network: str, container_id: str, ifname: str) -> str:
+    """'pbw' + 12 hex digits: the ifb device that shapes the attachment's egress (15 bytes)."""
+    return "pbw" + attachment_hash(network, container_id, ifname)[:12]
+
+
+IFB_MARK = "pycni-bw"
+
+
+def attachment_alias(network: str, container_id: str, ifname: str, mark: str = "pycni") -> str:
     """Written as the host veth's alias: pycni's mark on it (DEL removes only a link that carries
     the alias of its attachment) and how GC finds each attachment's veth. Readable when it fits in
     a link alias (255 bytes); else `pycni#<network hash>#<attachment hash>`."""
-    plain = f"pycni/{network}/{container_id}/{ifname}"
+    plain = f"{mark}/{network}/{container_id}/{ifname}"
     if len(plain.encode()) <= IFALIASZ:
         return plain
-    return f"pycni#{sha256_hex(network)[:8]}#{attachment_hash(network, container_id, ifname)}"
+    return f"{mark}#{sha256_hex(network)[:8]}#{attachment_hash(network, container_id, ifname)}"
 
 
-def alias_attachment_hash(alias: str, network: str) -> str | None:
+def alias_attachment_hash(alias: str, network: str, mark: str = "pycni") -> str | None:
     """The attachment hash an alias of `network` names (either form), or None if the alias is not
-    one of this network's."""
+    one of this network's. `mark` IFB_MARK: the alias of an attachment's ifb device."""
     parts = alias.split("/")
-    if len(parts) == 4 and parts[0] == "pycni":
+    if len(parts) == 4 and parts[0] == mark:
         return attachment_hash(*parts[1:]) if parts[1] == network else None
     parts = alias.split("#")
-    if len(parts) == 3 and parts[0] == "pycni" and parts[1] == sha256_hex(network)[:8]:
+    if len(parts) == 3 and parts[0] == mark and parts[1] == sha256_hex(network)[:8]:
         return parts[2]
     return None

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 
 from cni.tools import nfteval
-from cni.tools.inspect import Attachment, gather
+from cni.tools.inspect import Attachment, gather, rate_text
 
 
 @dataclass
@@ -124,6 +124,10 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
             a = src.attachment
             e.hops.append(f"{src.label}: leaves its network namespace on {a.ifname} ({src.address}) through the veth "
                           f"pair to the node's {a.host_veth}, a port of bridge {a.bridge}")
+            if a.egress_rate:
+                e.hops.append(f"{a.host_veth}: its ingress qdisc redirects the packet to ifb {a.ifb}, whose tbf "
+                              f"(7063:) holds the pod's egress to {rate_text(a.egress_rate)}; it then goes on "
+                              f"as if it had come in on {a.host_veth}")
             same_bridge = dst.kind == "pod" and dst.attachment.bridge == a.bridge
             if same_bridge:
                 e.hops.append(f"bridge {a.bridge}: {dst.address} is on its port {dst.attachment.host_veth}: "
@@ -170,6 +174,8 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
                 return e
             e.hops.append(f"bridge {target.bridge}: out of port {target.host_veth}"
                           + (" (hairpin: back through the port it came in on)" if hairpin else "")
+                          + (f", through its tbf (7063:) at {rate_text(target.ingress_rate)}"
+                             if target.ingress_rate else "")
                           + f" to {target.pod or target.container_id[:12]}'s {target.ifname} ({pkt.daddr}:{pkt.dport})")
         else:
             e.hops.append(f"out of {r.get('dev', '?')} to {pkt.daddr}")

@@ -8,6 +8,8 @@
     firewall      nftables elements of table `inet pycni` tagged with an attachment; legacy
                   iptables chains PYCNI-DN-/PYCNI-MS-<attachment>
     policy        NetworkPolicy records (pod namespace/name, set elements)
+    shaping       the tbf (handle 7063:) on each host veth and on each ifb device carrying pycni's
+                  ifb alias (`pycni-bw/...`), with the redirect between them
 
 `cross_check` is pure: it joins the sources on the attachment hash and lists what does not add
 up — an address without an interface (a leak: the range shrinks), an interface without an
@@ -26,6 +28,8 @@ from cni.firewall import nft
 from cni.firewall.attachment import network_hash
 from cni.firewall.iptables import chain_names
 from cni.firewall.policy import read_records
+from cni.bandwidth.options import REDIRECT_PRIO, TBF_HANDLE
+from cni.linux import tc
 from cni.linux.links import attr, open_rtnl
 from cni.linux.xtables import legacy_tables
 from cni.spec import names
@@ -56,6 +60,9 @@ class Attachment:
     rules: list[str] = field(default_factory=list)
     pod: str = ""
     policy_elements: int = 0
+    ingress_rate: int = 0         # bits/s of the tbf on the host veth (towards the pod); 0: none
+    egress_rate: int = 0          # bits/s of the tbf on the attachment's ifb (from the pod); 0: none
+    ifb: str = ""
 
 
 @dataclass
@@ -113,7 +120,7 @@ def interfaces() -> list[dict]:
             if len(hashed) != 3 or hashed[0] != "pycni":
                 continue
             network, cid, ifname, h = f"#{hashed[1]}", "?", "?", hashed[2]
-        out.append({"network": network, "container_id": cid, "ifname": ifname, "hash": h,
+        out.append({"network": network, "container_id": cid, "ifname": ifname, "hash": h, "index": m["index"],
                     "veth": attr(m, "IFLA_IFNAME", ""), "bridge": by_index.get(attr(m, "IFLA_MASTER", 0), ""),
                     "mac": attr(m, "IFLA_ADDRESS", "")})
     peers = _peer_namespaces()
@@ -135,6 +142,45 @@ def _peer_namespaces() -> dict[str, str]:
     return {link["ifname"]: f"/var/run/netns/{names_by_id[link['link_netnsid']]}"
             for link in run("link", "show", "type", "veth")
             if link.get("link_netnsid") in names_by_id}
+
+
+def shaping(links: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """({attachment hash: {"ingress": bits/s, "egress": bits/s, "ifb": name, "redirect": bool}},
+    [every ifb device with pycni's ifb alias: {"network", "hash", "ifb"}]). tbfs are read only
+    where they carry pycni's handle."""
+    def root_tbf(index: int) -> int:
+        for q in tc.qdiscs(ipr, index):
+            parms = tc.tbf_parms(q) if q["handle"] == TBF_HANDLE and q["parent"] == tc.TC_H_ROOT else None
+            if parms:
+                return parms["rate"] * 8
+        return 0
+
+    ipr = open_rtnl()
+    try:
+        ifbs = []
+        for m in ipr.links():
+            alias = m.get_attr("IFLA_IFALIAS") or ""
+            parts, hashed = alias.split("/"), alias.split("#")
+            if len(parts) == 4 and parts[0] == names.IFB_MARK:
+                network, h = parts[1], names.attachment_hash(*parts[1:])
+            elif len(hashed) == 3 and hashed[0] == names.IFB_MARK:
+                network, h = f"#{hashed[1]}", hashed[2]
+            else:
+                continue
+            ifbs.append({"network": network, "hash": h, "ifb": attr(m, "IFLA_IFNAME", ""), "index": m["index"]})
+        by_hash = {i["hash"]: i for i in ifbs}
+        out = {}
+        for link in links:
+            ifb = by_hash.get(link["hash"])
+            targets = {tc.redirect_target(f) for f in tc.filters(ipr, link["index"])
+                       if tc.filter_prio(f) == REDIRECT_PRIO}
+            state = {"ingress": root_tbf(link["index"]), "egress": root_tbf(ifb["index"]) if ifb else 0,
+                     "ifb": ifb["ifb"] if ifb else "", "redirect": bool(ifb) and ifb["index"] in targets}
+            if state["ingress"] or state["ifb"]:
+                out[link["hash"]] = state
+    finally:
+        ipr.close()
+    return out, ifbs
 
 
 def reservations(net: Network) -> dict[str, tuple[str, str]]:
@@ -173,8 +219,10 @@ def policy_records(net: Network) -> dict[str, dict]:
 
 def gather(conf_dir: str) -> Report:
     nets = networks(conf_dir)
-    return cross_check(nets, interfaces(), {n.name: reservations(n) for n in nets}, nft_elements(),
-                       iptables_chains(), {n.name: policy_records(n) for n in nets})
+    links = interfaces()
+    shaped, ifbs = shaping(links)
+    return cross_check(nets, links, {n.name: reservations(n) for n in nets}, nft_elements(),
+                       iptables_chains(), {n.name: policy_records(n) for n in nets}, shaped, ifbs)
 
 
 # ---------------------------------------------------------------------------- the join (pure)
@@ -182,7 +230,8 @@ def gather(conf_dir: str) -> Report:
 
 def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str, tuple[str, str]]],
                 elements: list[tuple[str, str, str, str]], chains: set[str],
-                records: dict[str, dict[str, dict]]) -> Report:
+                records: dict[str, dict[str, dict]], shaped: dict[str, dict] | None = None,
+                ifbs: list[dict] | None = None) -> Report:
     atts: dict[str, Attachment] = {}
     problems: list[str] = []
     for link in links:
@@ -234,6 +283,17 @@ def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str
                                 f"{', '.join(rec.get('ips') or ())} ({len(rec.get('elements') or ())} set elements)")
                 continue
             a.pod, a.policy_elements = pod, len(rec.get("elements") or ())
+    for h, state in (shaped or {}).items():
+        a = atts.get(h)
+        if a is not None:
+            a.ingress_rate, a.egress_rate, a.ifb = state["ingress"], state["egress"], state["ifb"]
+            if state["ifb"] and not (state["egress"] and state["redirect"]):
+                problems.append(f"egress shaping incomplete: {a.network} {a.container_id}/{a.ifname} "
+                                f"({state['ifb']}: {'no tbf' if not state['egress'] else 'no redirect from ' + a.host_veth})")
+    for ifb in ifbs or ():
+        if ifb["hash"] not in atts:
+            problems.append(f"ifb without interface: {ifb['ifb']} of {ifb['network']} (attachment "
+                            f"{ifb['hash'][:16]}: a leaked ifb device)")
     ordered = sorted(atts.values(), key=lambda a: (a.network, a.container_id, a.ifname))
     return Report(ordered, problems)
 
@@ -243,15 +303,28 @@ def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str
 
 def render_table(report: Report) -> str:
     head = ("NETWORK", "CONTAINER", "IFNAME", "POD", "HOST VETH", "BRIDGE", "MAC", "ADDRESSES", "HOST PORTS",
-            "FIREWALL")
+            "FIREWALL", "SHAPING")
     rows = [(a.network, a.container_id[:16], a.ifname, a.pod or "-", a.host_veth, a.bridge or "-", a.mac,
              ",".join(a.addresses) or "-", ",".join(a.host_ports) or "-",
-             f"{a.firewall} ({len(a.rules)})" if a.firewall else "-") for a in report.attachments]
+             f"{a.firewall} ({len(a.rules)})" if a.firewall else "-", shaping_text(a)) for a in report.attachments]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.append(f"{len(report.attachments)} attachments, {len(report.problems)} problems")
     lines += [f"  problem: {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
+
+
+def rate_text(bits: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if bits >= size:
+            return f"{bits / size:g}{unit}bit/s"
+    return f"{bits}bit/s"
+
+
+def shaping_text(a: Attachment) -> str:
+    parts = ([f"in {rate_text(a.ingress_rate)}"] if a.ingress_rate else []) + \
+        ([f"out {rate_text(a.egress_rate)} ({a.ifb})"] if a.egress_rate else [])
+    return ", ".join(parts) or "-"
 
 
 def render_json(report: Report) -> str:

@@ -8,7 +8,7 @@ Layout in the bin dir (one-directory build, see README):
                                                interpreter (_internal/bin/python3.11, no bootloader:
                                                ~4 ms less per call), written here with its path
     BIN/.pycni/<version>-<digest>/_internal/   Python and the libraries it loads
-    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-loopback  ->  .pycni/<id>/pycni-launch
+    BIN/pycni, BIN/pycni-ipam, BIN/pycni-portmap, BIN/pycni-bandwidth, BIN/pycni-loopback ->  .pycni/<id>/pycni-launch
     BIN/loopback  ->  the same, unless BIN already has a loopback plugin of its own
 
 The launcher's first line names its interpreter by absolute path, as the node sees it: installing
@@ -36,13 +36,14 @@ import subprocess
 import time
 from typing import Any, Mapping
 
+from cni.bandwidth import options as bandwidth
 from cni.bridge import config
 from cni.firewall.options import parse_options
 from cni.spec.errors import CNIError, InvalidConfig
 from cni.spec.version import PYCNI, SUPPORTED
 from cni.tools.driver import load_conflist
 
-NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-loopback")
+NAMES = ("pycni", "pycni-ipam", "pycni-portmap", "pycni-bandwidth", "pycni-loopback")
 LOOPBACK = "loopback"        # containerd's CRI runs it for every pod; installed only where none is
 STORE = ".pycni"
 EXE = "pycni"
@@ -252,10 +253,17 @@ def validate_conflist(conf: Mapping[str, Any]) -> None:
         if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str):
             raise InvalidConfig("invalid network configuration", "every plugin needs a \"type\"")
         full = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"]}
-        if plugin["type"] == "pycni":
-            config.parse(full, {})
-        elif plugin["type"] == "pycni-portmap":
-            parse_options(full)
+        try:
+            if plugin["type"] == "pycni":
+                config.parse(full, {})
+            elif plugin["type"] == "pycni-portmap":
+                parse_options(full)
+            elif plugin["type"] == "pycni-bandwidth":
+                bandwidth.parse(full)
+        except InvalidConfig:
+            raise
+        except CNIError as e:       # the shaping options' refusals carry the reference's code 999
+            raise InvalidConfig(e.msg, e.details) from None
 
 
 def conflist_filename(source: str, name: str | None = None) -> str:

@@ -111,7 +111,8 @@ class CRI:
         return found
 
     def run_pod(self, name: str, uid: str, namespace: str = "default",
-                ports: list[tuple[int, int, int]] = (), log_dir: str = "") -> str:
+                ports: list[tuple[int, int, int]] = (), log_dir: str = "",
+                annotations: dict[str, str] | None = None) -> str:
         """ports: (protocol, container_port, host_port). Returns the sandbox id."""
         config = [
             (1, [(1, name), (2, uid), (3, namespace), (4, 0)]),
@@ -119,6 +120,7 @@ class CRI:
             *([(3, log_dir)] if log_dir else []),
             *[(5, [(1, proto), (2, cport), (3, hport)]) for proto, cport, hport in ports],
             *[(6, e) for e in _map({"io.kubernetes.pod.name": name})],
+            *[(7, e) for e in _map(annotations or {})],
             (8, [(1, ""), (2, [(1, [(1, 0), (2, 1), (3, 0)])])]),   # netns POD, pid CONTAINER, ipc POD
         ]
         reply = self._call("RunPodSandbox", encode([(1, config)]))

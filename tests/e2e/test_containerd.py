@@ -58,7 +58,7 @@ class Containerd:
             "cniVersion": "1.0.0", "name": "e2e",
             "plugins": [
                 {"type": "pycni", "bridge": "pycni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
-                 "logFile": str(tmp / "pycni.log"),
+                 "logFile": str(tmp / "pycni.log"), "capabilities": {"bandwidth": True},
                  "ipam": {"type": "pycni-ipam", "dataDir": str(self.ipam), "ranges": [[{"subnet": SUBNET}]]}},
                 {"type": "pycni-portmap", "capabilities": {"portMappings": True}},
             ]}
@@ -213,5 +213,44 @@ def test_cri_pods_with_host_port(containerd, node, client):
         assert node.sh("ip", "-o", "link", "show", "master", "pycni0").strip() == ""
         log = (c.tmp / "pycni.log").read_text()
         assert "ERROR" not in log and f"ADD {pod1[:12]}/eth0" in log
+    finally:
+        cri.close()
+
+
+def test_cri_pod_with_bandwidth_annotations_comes_up_shaped(containerd, node):
+    """The kubelet's annotations kubernetes.io/ingress-bandwidth and egress-bandwidth on the pod
+    sandbox: containerd's CRI passes them as the `bandwidth` capability (rates in bit/s, bursts of
+    2^32 - 1 bits), pycni shapes the pod in the same ADD; a pod without them is not shaped; the
+    sandbox's stop leaves no qdisc or ifb."""
+    c = containerd
+    cri = CRI(str(c.sock))
+    try:
+        wait_for(lambda: cri.conditions().get("NetworkReady", (False, ""))[0] or None, what="CRI NetworkReady")
+        shaped = cri.run_pod("shaped", "uid-s", annotations={"kubernetes.io/ingress-bandwidth": "10M",
+                                                              "kubernetes.io/egress-bandwidth": "5M"})
+        plain = cri.run_pod("plain", "uid-p")
+        (ip,), (plain_ip,) = cri.pod_ips(shaped), cri.pod_ips(plain)
+        qdiscs = node.sh("tc", "qdisc", "show")
+        tbfs = [line for line in qdiscs.splitlines() if line.startswith("qdisc tbf 7063:")]
+        assert len(tbfs) == 2, qdiscs
+        veth = [t for t in tbfs if " dev veth" in t]
+        ifb = [t for t in tbfs if " dev pbw" in t]
+        assert len(veth) == 1 and "rate 10Mbit" in veth[0], qdiscs      # towards the pod
+        assert len(ifb) == 1 and "rate 5Mbit" in ifb[0], qdiscs         # from it
+        assert "qdisc ingress ffff:" in qdiscs
+        # the shaped pod is the one with the tbf: its host veth is the port its address answers on
+        want = "hello from a pod on pycni"
+        assert want in sh("curl", "-s", "-m", "5", f"http://{ip}/", ns=node.name)
+        assert want in sh("curl", "-s", "-m", "5", f"http://{plain_ip}/", ns=node.name)
+        log = (c.tmp / "pycni.log").read_text()
+        assert f"ADD {shaped[:12]}/eth0" in log and "shaped {'ingressRate': 10000000," in log, log[-2000:]
+
+        for pod in (shaped, plain):
+            cri.stop_pod(pod)
+            cri.remove_pod(pod)
+        qdiscs = node.sh("tc", "qdisc", "show")
+        assert "tbf" not in qdiscs and "ingress" not in qdiscs, qdiscs
+        assert node.sh("ip", "-o", "link", "show", "type", "ifb").strip() == ""
+        assert "ERROR" not in (c.tmp / "pycni.log").read_text()
     finally:
         cri.close()

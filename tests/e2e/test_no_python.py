@@ -36,6 +36,13 @@ def rootfs(tmp_path, artifact) -> Path:
     bundle = (root / "opt/cni/bin/pycni").resolve().parent
     for lib in host_libraries(bundle / "pycni", bundle / "_internal"):
         copy_file(lib, root)
+    # glibc loads libgcc_s at run time, for the unwinding of a thread that ends (pthread_exit):
+    # without it, a DEL whose veth-deleting thread returns before the process exits aborts
+    # ("libgcc_s.so.1 must be installed for pthread_exit to work"), more often the busier the machine
+    gcc_s = sorted(Path("/").glob("usr/lib/*-linux-gnu/libgcc_s.so.1")) or \
+        sorted(Path("/").glob("lib/*-linux-gnu/libgcc_s.so.1"))
+    assert gcc_s, "libgcc_s.so.1 not found on the machine"
+    copy_file(gcc_s[0], root)
     return root
 
 

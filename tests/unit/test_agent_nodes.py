@@ -55,7 +55,7 @@ def test_conflist_dual_stack():
     conf = conflist(me, Options(mtu=1400))
     plugin = conf["plugins"][0]
     assert conf["name"] == "pycni" and plugin["type"] == "pycni" and plugin["mtu"] == 1400
-    assert plugin["ipMasq"] is False and plugin["capabilities"] == {"portMappings": True}
+    assert plugin["ipMasq"] is False and plugin["capabilities"] == {"portMappings": True, "bandwidth": True}
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]
     assert plugin["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     assert plugin["ipam"]["dataDir"].startswith("/run/")

@@ -139,6 +139,8 @@ def test_conflist_written_atomically_with_conflist_name(tmp_path):
     ({**CONFLIST, "plugins": [{"bridge": "x"}]}, "type"),
     ({**CONFLIST, "plugins": [{"type": "pycni", "mtu": "big", "ipam": {}}]}, "mtu"),
     ({**CONFLIST, "plugins": [{"type": "pycni-portmap", "backend": "pf"}]}, "backend"),
+    ({**CONFLIST, "plugins": [{"type": "pycni-bandwidth", "egressRate": 1000}]}, "burst must also be set"),
+    ({**CONFLIST, "plugins": [{"type": "pycni", "ingressBurst": 8, "ipam": {}}]}, "rate must also be set"),
 ])
 def test_bad_conflist_changes_nothing(tmp_path, bad, why):
     src = tmp_path / "10-bad.conflist"
