@@ -8,6 +8,7 @@
     firewall      nftables elements of table `inet pycni` tagged with an attachment; legacy
                   iptables chains PYCNI-DN-/PYCNI-MS-<attachment>
     policy        NetworkPolicy records (pod namespace/name, set elements)
+    peers         the agent's record of the other nodes: direct, vxlan or unreachable (and why)
 
 `cross_check` is pure: it joins the sources on the attachment hash and lists what does not add
 up — an address without an interface (a leak: the range shrinks), an interface without an
@@ -55,6 +56,7 @@ class Attachment:
 class Report:
     attachments: list[Attachment]
     problems: list[str]
+    peers: dict | None = None     # the agent's record (cni/agent/tunnel_host.py): the other nodes, by mode
 
 
 # ---------------------------------------------------------------------------- gathering (I/O)
@@ -174,10 +176,22 @@ def policy_records(net: Network) -> dict[str, dict]:
     return read_records(net.policy_dir, net.name) if net.policy_dir else {}
 
 
-def gather(conf_dir: str) -> Report:
+def gather(conf_dir: str, peers_file: str | None = None) -> Report:
     nets = networks(conf_dir)
-    return cross_check(nets, interfaces(), {n.name: reservations(n) for n in nets}, nft_elements(),
-                       iptables_chains(), {n.name: policy_records(n) for n in nets})
+    report = cross_check(nets, interfaces(), {n.name: reservations(n) for n in nets}, nft_elements(),
+                         iptables_chains(), {n.name: policy_records(n) for n in nets})
+    report.peers = read_peers(peers_file) if peers_file else None
+    return report
+
+
+def read_peers(path: str) -> dict | None:
+    """The agent's peers record, or None when there is none (no agent on this node)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 # ---------------------------------------------------------------------------- the join (pure)
@@ -257,15 +271,33 @@ def render_table(report: Report) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.append(f"{len(report.attachments)} attachments, {len(report.problems)} problems")
     lines += [f"  problem: {p}" for p in report.problems]
+    if report.peers is not None:
+        lines += render_peers(report.peers)
     return "\n".join(lines) + "\n"
 
 
+def render_peers(record: dict) -> list[str]:
+    dev = record.get("device")
+    tunnel = (f"tunnel {dev['name']}: VNI {dev['vni']}, UDP {dev['port']}, outer source {dev['local']}, "
+              f"VTEP MAC {dev['mac']}, MTU {dev['mtu']}" if dev else "no tunnel device")
+    lines = ["", f"peers of {record.get('node')} (mode {record.get('mode')}; {tunnel}; pod MTU "
+                 f"{record.get('pod_mtu') or 'default'})"]
+    head = ("NODE", "POD CIDR", "MODE", "VIA", "OUTER DST", "DEV", "WHY")
+    rows = [(p.get("node", ""), p.get("cidr", ""), p.get("mode", ""), p.get("via") or "-", p.get("outer") or "-",
+             p.get("dev") or "-", p.get("why") or "") for p in record.get("peers") or ()]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return lines
+
+
 def render_json(report: Report) -> str:
-    return json.dumps({"attachments": [asdict(a) for a in report.attachments], "problems": report.problems},
-                      indent=2) + "\n"
+    out = {"attachments": [asdict(a) for a in report.attachments], "problems": report.problems}
+    if report.peers is not None:
+        out["peers"] = report.peers
+    return json.dumps(out, indent=2) + "\n"
 
 
 def main(args) -> int:
-    report = gather(args.conf_dir)
+    report = gather(args.conf_dir, getattr(args, "peers_file", None))
     print(render_json(report) if args.json else render_table(report), end="")
     return 1 if args.check and report.problems else 0

@@ -47,7 +47,7 @@ def summarize(frame: bytes, ifname: str, vxlan_port: int):
 def main() -> None:
     port = int(sys.argv[1])
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    sock.bind(("", 0))     # every interface of this namespace
+    # unbound: every interface of this namespace (a packet socket sees its own namespace only)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "sock")
     sel.register(sys.stdin, selectors.EVENT_READ, "stdin")

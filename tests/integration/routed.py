@@ -40,7 +40,8 @@ class RoutedCluster(Cluster):
         self.nodes: dict[str, Node] = {}
         self.servers: list[subprocess.Popen] = []
         self.agents = []
-        self.annotations: dict[str, dict] = {}
+        self.annotations: dict[str, dict] = {}      # per node, set on its Node object
+        self.moved: dict[str, dict] = {}            # per node, addresses that replace ROUTED's
         for ns in self.namespaces:
             sh("ip", "netns", "add", ns)
             self._quiet(ns)
@@ -92,7 +93,7 @@ class RoutedCluster(Cluster):
         sh("ip", "link", "set", "lo", "up", ns=ns)
 
     def api_node(self, name: str) -> dict:
-        n = ROUTED[name]
+        n = {**ROUTED[name], **self.moved.get(name, {})}
         ips = [n["ip6"], n["ip4"]] if self.v6_underlay else [n["ip4"], n["ip6"]]
         obj = node_object(name, n["pods"], ips)
         if name in self.annotations:
