@@ -124,18 +124,18 @@ def apply(state: Desired, conf_dir: Path, conf_name: str, peers_file: str | None
     from cni.linux.links import open_rtnl
 
     done: dict = {"conflist": False, "routes": (0, 0)}
-    if state.conflist is not None:
-        done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)
     ipr = open_rtnl()
     try:
         overlay, index = state.overlay, 0
-        if overlay is not None and overlay.device is not None:
+        if overlay is not None and overlay.device is not None:     # first: a clash stops the sync here
             index, writes = tunnel_host.ensure_device(ipr, overlay.device)
             added, removed = tunnel_host.sync_entries(ipr, index, overlay)
             done["tunnel"] = (added + writes, removed)
             done["vtep_mac"] = overlay.device.mac
         elif overlay is not None and overlay.mode == "direct":
             tunnel_host.remove_device(ipr, overlay.device_name)
+        if state.conflist is not None:
+            done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)
         done["routes"] = sync_routes(ipr, state.routes, overlay.tunnel_routes if overlay else None, index)
     finally:
         ipr.close()

@@ -133,7 +133,13 @@ def run(args) -> int:
     try:
         if args.nodes_file:
             with open(args.nodes_file, encoding="utf-8") as f:
-                on_change(parse_node_list(json.load(f)))
+                nodes = parse_node_list(json.load(f))
+            try:
+                on_change(nodes)
+            except tunnel_host.TunnelError as e:
+                log.error(f"agent: {e}")
+                print(f"pycni agent: {e}", flush=True)
+                return 1
             if helper is not None or metrics is not None:
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0

@@ -129,10 +129,11 @@ def ensure_device(ipr, dev: Device) -> tuple[int, int]:
         try:
             ipr.set_link(index, up=True)
         except NetlinkError as e:
+            ipr.delete_link(index)          # not left behind half made
             if e.code == errno.EADDRINUSE:
                 raise TunnelError(f"cannot bring {dev.name} up: UDP port {dev.port} is in use on this node "
                                   "(another overlay?): pick another --vxlan-port") from None
-            raise
+            raise TunnelError(f"cannot bring {dev.name} up: {e}") from None
         writes += 1
     have = {ipaddress.ip_network(a) for a in map(str, addresses_of(ipr, index))
             if not ipaddress.ip_interface(a).ip.is_link_local}

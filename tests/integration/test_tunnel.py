@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from tests.k8s_api import FakeAPI
 
 from .cluster import OUTSIDE4, addresses, ask, sh
-from .conftest import BIN
+from .conftest import BIN, ready_line
 from .routed import ROUTED, RoutedCluster, routed, routed6  # noqa: F401  (fixtures)
 
 POD_NETS = [ipaddress.ip_network(n) for n in ("10.244.0.0/16", "fd00:10:244::/56")]
@@ -42,7 +43,6 @@ def pods_everywhere(c: RoutedCluster) -> dict[str, tuple[str, str, str]]:
 
 def udp(ns: str, addr: str) -> str:
     from .cluster import APP
-    import sys
 
     return sh(sys.executable, APP, "udp", addr, "7000", ns=ns, check=False).strip()
 
@@ -213,6 +213,20 @@ def test_a_mode_the_kernel_lacks_fails_before_anything_is_configured(routed):
     assert "VXLAN device other.vx already uses VNI 4242 on UDP port 4789" in out
     assert not (a.tmp / "net.d").exists() and "pycni.vxlan" not in a.sh("ip", "link")
     assert "routes" not in out
+    a.sh("ip", "link", "del", "other.vx")
+    # UDP 4789 held by another program: the sync stops with the reason, before the conflist
+    holder = subprocess.Popen(["ip", "netns", "exec", a.name, sys.executable, "-c",
+                               "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                               "s.bind(('0.0.0.0', 4789)); print('ready', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    routed.servers.append(holder)
+    assert ready_line(holder).strip() == "ready"
+    out = routed.agent("node-a", list(ROUTED), check=False)
+    assert "cannot bring pycni.vxlan up: UDP port 4789 is in use on this node" in out, out
+    assert not (a.tmp / "net.d").exists() and "pycni.vxlan" not in a.sh("ip", "link")
+    holder.kill()
+    holder.wait()
+    assert "conflist written" in routed.agent("node-a", list(ROUTED))
 
 
 # ------------------------------------------------------------------ with the API (watch, annotation)
