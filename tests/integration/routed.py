@@ -33,17 +33,27 @@ class RoutedCluster(Cluster):
     """`v6_underlay`: the Node objects list the IPv6 InternalIP first (the tunnel runs over IPv6)."""
 
     def __init__(self, tmp: Path, v6_underlay: bool = False, mtu_c: int = 1500):
-        base = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.tmp, self.v6_underlay = tmp, v6_underlay
-        self.underlay, self.router = f"{base}-u", f"{base}-r"
-        self.namespaces = [self.underlay, self.router]
+        self.namespaces: list[str] = []
         self.nodes: dict[str, Node] = {}
         self.servers: list[subprocess.Popen] = []
         self.agents = []
         self.annotations: dict[str, dict] = {}      # per node, set on its Node object
         self.moved: dict[str, dict] = {}            # per node, addresses that replace ROUTED's
-        for ns in self.namespaces:
+        try:
+            self._build(mtu_c)
+        except BaseException:
+            self.close()                # a half-built topology leaves nothing behind
+            raise
+
+    def _build(self, mtu_c: int) -> None:
+        base = f"{PREFIX}{os.getpid()}-{next(_counter)}"
+        self.underlay, self.router = f"{base}-u", f"{base}-r"
+        tmp = self.tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        for ns in (self.underlay, self.router):
             sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
             self._quiet(ns)
         u, r = self.underlay, self.router
         for cmd in (["ip", "link", "add", "ul0", "type", "bridge"],
