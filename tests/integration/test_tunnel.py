@@ -12,6 +12,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -141,16 +142,15 @@ def test_restart_rewrites_nothing_and_nodes_come_and_go(routed):
     c = routed
     c.sync_all()
     a = c.nodes["node-a"]
-    monitor = subprocess.Popen(["ip", "netns", "exec", a.name, "ip", "monitor", "link", "address", "route",
-                                "neigh"], stdout=subprocess.PIPE, text=True)
-    c.servers.append(monitor)
-    time.sleep(0.3)
+    monitor = Monitor(a.name)
+    c.servers.append(monitor.proc)
+    start = monitor.mark(a)                          # the monitor is listening
     out = c.agent("node-a", list(ROUTED))            # the agent again: everything is already right
-    time.sleep(0.3)
-    monitor.terminate()
-    events = monitor.communicate(timeout=10)[0]
+    events = [line for line in monitor.lines[start + 1:monitor.mark(a)] if "192.0.2." not in line]
+    monitor.proc.kill()
+    monitor.proc.wait()
     assert "routes +0 -0" in out and "tunnel entries +0 -0" in out and "conflist unchanged" in out
-    assert events.strip() == "", f"a restart rewrote: {events}"
+    assert events == [], f"a restart rewrote: {events}"
 
     # node-c leaves: its route, FDB and neighbour entries go; the on-link peer stays
     out = c.agent("node-a", ["node-a", "node-b"])
@@ -289,6 +289,35 @@ def test_with_the_api_annotations_published_node_events_followed_and_policy_acro
         for agent in c.agents:
             agent.stop()
         api.close()
+
+
+class Monitor:
+    """`ip monitor` of a namespace's links, addresses, routes and neighbours, its lines collected
+    by a thread; `mark` makes a change of its own and returns the index of the line that shows it
+    (so what lies between two marks is everything that happened in between)."""
+
+    def __init__(self, ns: str):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ip", "monitor", "link", "address", "route",
+                                      "neigh"], stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.count = 0
+        threading.Thread(target=lambda: [self.lines.append(line.strip()) for line in self.proc.stdout],
+                         daemon=True).start()
+
+    def mark(self, node) -> int:
+        while True:        # until the monitor shows one: it may not be listening yet
+            self.count += 1
+            route = f"192.0.2.{self.count}"
+            node.sh("ip", "route", "add", route, "dev", "lo")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                found = [i for i, line in enumerate(list(self.lines)) if line.startswith(route + " ")]
+                if found:
+                    node.sh("ip", "route", "del", route, "dev", "lo")
+                    return found[0]
+                time.sleep(0.02)
+            node.sh("ip", "route", "del", route, "dev", "lo")
+            assert self.count < 20, "ip monitor shows nothing"
 
 
 def _annotation(api: FakeAPI, name: str) -> str:
