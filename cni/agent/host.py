@@ -1,6 +1,8 @@
-"""Applies the agent's desired state on this node: the conflist (atomic write), routes to other
-nodes' pod CIDRs (netlink, marked with our routing protocol number) and the cluster masquerade
-(one nftables table, replaced in one transaction). Every call is idempotent."""
+"""Applies the agent's desired state on this node: the tunnel device and its entries
+(cni/agent/tunnel_host.py), the conflist (atomic write), routes to other nodes' pod CIDRs (netlink,
+marked with our routing protocol number; direct ones via the peer's InternalIP, tunnel ones onlink
+through the VXLAN device) and the cluster masquerade (one nftables table, replaced in one
+transaction). Every call is idempotent and writes only what differs."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from cni.linux.links import attr, family, link_kind
+from cni.linux.links import family, link_kind
 from cni.linux.rtnl import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
                             RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTM_GETROUTE, RTM_NEWLINK, RTM_NEWROUTE,
                             RTN_UNICAST, NetlinkError, ifinfmsg, rtmsg)
@@ -83,11 +83,6 @@ def vxlan_of(msg: Any) -> Vxlan | None:
 def set_mtu(ipr, index: int, mtu: int) -> None:
     _ask(ipr, ifinfmsg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK,
          {"family": 0, "index": index, "flags": 0, "change": 0}, [("IFLA_MTU", mtu)])
-
-
-def link_mtu(ipr, index: int) -> int | None:
-    msg = ipr.link_by_index(index)
-    return attr(msg, "IFLA_MTU") if msg is not None else None
 
 
 # ------------------------------------------------------------------ FDB and neighbours
