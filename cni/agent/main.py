@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from cni.spec.log import log
-from cni.agent import host
+from cni.agent import host, tunnel_host
 from cni.agent.nodes import Desired, Options, desired, parse_node_list
 from cni.agent.tunnel import DEFAULT_DEVICE, DEFAULT_PORT, DEFAULT_VNI, MODES, TunnelOptions
 from cni.agent.tunnel_host import DEFAULT_PEERS_FILE
@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--vxlan-vni", type=int, default=DEFAULT_VNI)
     p.add_argument("--vxlan-port", type=int, default=DEFAULT_PORT, help="UDP port (default %(default)s)")
     p.add_argument("--peers-file", default=DEFAULT_PEERS_FILE,
-                   help="where the agent records how it reaches each peer (read by `pycni inspect --peers`)")
+                   help="where the agent records how it reaches each peer (read by `pycni inspect --peers-file`)")
     p.add_argument("--cluster-cidr", action="append", default=[],
                    help="the cluster's pod subnet(s), e.g. kind's podSubnet (repeatable or comma-separated)")
     p.add_argument("--no-masquerade", action="store_true")
@@ -106,19 +106,17 @@ def run(args) -> int:
         log.error("agent: --node-name or $NODE_NAME is required")
         print("pycni agent: --node-name or $NODE_NAME is required")
         return 2
-    opts = Options(network=args.network, bridge=args.bridge, data_dir=args.data_dir, mtu=args.mtu,
-                   cluster_cidrs=tuple(ipaddress.ip_network(c.strip()) for arg in args.cluster_cidr
-                                       for c in arg.split(",") if c.strip()),
-                   masquerade=not args.no_masquerade, policy_dir=_policy_dir(args),
-                   tunnel=TunnelOptions(args.mode, args.vxlan_device, args.vxlan_vni, args.vxlan_port))
-    from cni.agent import tunnel_host
-
+    tunnel = TunnelOptions(args.mode, args.vxlan_device, args.vxlan_vni, args.vxlan_port)
     try:
-        tunnel_host.check(opts.tunnel)          # before anything is configured: never half of it
+        tunnel_host.check(tunnel)          # before anything is configured: never half of it
     except tunnel_host.TunnelError as e:
         log.error(f"agent: {e}")
         print(f"pycni agent: {e}", flush=True)
         return 1
+    opts = Options(network=args.network, bridge=args.bridge, data_dir=args.data_dir, mtu=args.mtu,
+                   cluster_cidrs=tuple(ipaddress.ip_network(c.strip()) for arg in args.cluster_cidr
+                                       for c in arg.split(",") if c.strip()),
+                   masquerade=not args.no_masquerade, policy_dir=_policy_dir(args), tunnel=tunnel)
     _install(args)
     conf_dir = Path(args.conf_dir)
 

@@ -258,7 +258,6 @@ def publisher(node: str):
         client.CoreV1Api().patch_node(node, {"metadata": {"annotations": {ANNOTATION_MAC: mac}}},
                                       _content_type="application/merge-patch+json")
         log.info(f"agent: published {ANNOTATION_MAC}={mac} on node {node}")
-        print(f"agent: published {ANNOTATION_MAC}={mac}", flush=True)
 
     return publish
 
