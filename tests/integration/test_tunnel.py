@@ -284,6 +284,13 @@ def test_with_the_api_annotations_published_node_events_followed_and_policy_acro
         _wait(lambda: ask(pods["x/client"][0], server4) == f"server {pods['x/client'][1]}")
         assert ask(pods["x/other"][0], server4) == ""
 
+        # node-c's address changes: node-a's FDB entry follows it
+        c.nodes["node-c"].sh("ip", "addr", "add", "172.31.1.9/24", "dev", "eth0")
+        c.moved["node-c"] = {"ip4": "172.31.1.9"}
+        moved = c.api_node("node-c")
+        moved["metadata"]["annotations"] = {"pycni.io/vtep-mac": mac_c}
+        api.put("nodes", moved)
+        _wait(lambda: f"{mac_c} dst 172.31.1.9" in a.sh("bridge", "fdb", "show", "dev", "pycni.vxlan"))
         # node-c leaves the cluster: node-a's entries for it go
         api.delete("nodes", "", "node-c")
         _wait(lambda: a.sh("bridge", "fdb", "show", "dev", "pycni.vxlan").strip() == "")
