@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     isp.add_argument("--json", action="store_true", help="JSON instead of a table")
     isp.add_argument("--check", action="store_true",
                      help="exit 1 when anything does not add up (an address without an interface, ...)")
+    isp.add_argument("--peers-file", default="/run/pycni/peers.json",
+                     help="the agent's record of how this node reaches each peer (listed when present)")
     exp = sub.add_parser("explain", help="the path of a packet on this node, hop by hop, rule by rule")
     exp.add_argument("src", help="a pod (ns/name), container id, address, or `node`")
     exp.add_argument("dst", help="DST[:PORT[/PROTO]]: a pod, container id or address")

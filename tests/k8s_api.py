@@ -91,6 +91,18 @@ class FakeAPI:
         self.server.server_close()
 
 
+def _merge(target, patch):
+    if not isinstance(patch, dict):
+        return patch
+    target = target if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = _merge(target.get(key), value)
+    return target
+
+
 def _listen(host: str, netns: str | None) -> socket.socket:
     def make() -> socket.socket:
         s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -134,6 +146,28 @@ class _Handler(BaseHTTPRequestHandler):
             listing = {"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(fake.rv)},
                        "items": list(fake.objects[kind].values())}
         self._reply(200, listing)
+
+    def do_PATCH(self):
+        """A JSON merge patch (RFC 7386; what a strategic merge patch of metadata does too) of one
+        cluster-scoped object, e.g. PATCH /api/v1/nodes/NAME: stored, and a MODIFIED event."""
+        url = urlparse(self.path)
+        base, _, name = url.path.rpartition("/")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if base not in PATHS or "merge-patch" not in (self.headers.get("Content-Type") or ""):
+            self.send_error(415 if base in PATHS else 404)
+            return
+        kind = PATHS[base][0]
+        fake = self.fake
+        with fake.cond:
+            current = fake.objects[kind].get(("", name))
+        if current is None:
+            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                              "reason": "NotFound", "message": f"{kind} {name} not found"})
+            return
+        patched = _merge(copy.deepcopy(current), json.loads(body))
+        fake.put(kind, patched)
+        with fake.cond:
+            self._reply(200, fake.objects[kind][("", name)])
 
     def _reply(self, code: int, obj: dict) -> None:
         body = json.dumps(obj).encode()

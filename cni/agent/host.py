@@ -1,6 +1,8 @@
-"""Applies the agent's desired state on this node: the conflist (atomic write), routes to other
-nodes' pod CIDRs (netlink, marked with our routing protocol number) and the cluster masquerade
-(one nftables table, replaced in one transaction). Every call is idempotent."""
+"""Applies the agent's desired state on this node: the tunnel device and its entries
+(cni/agent/tunnel_host.py), the conflist (atomic write), routes to other nodes' pod CIDRs (netlink,
+marked with our routing protocol number; direct ones via the peer's InternalIP, tunnel ones onlink
+through the VXLAN device) and the cluster masquerade (one nftables table, replaced in one
+transaction). Every call is idempotent and writes only what differs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from cni.linux.links import family, open_rtnl
 from cni.linux.rtnl import RT_TABLE_MAIN, NetlinkError
 from cni.spec.log import log
 from cni.spec.result import IPAddress, IPNetwork
+from cni.agent import tunnel_host
+from cni.linux.vxlan import RTNH_F_ONLINK, replace_onlink_route
 from cni.tools.install import install_conflist
 
 RTPROT_PYCNI = 152            # routing protocol number of the agent's routes (`ip route show proto 152`)
@@ -37,7 +41,10 @@ def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
 
 # ------------------------------------------------------------------ routes
 
-def current_routes(ipr) -> dict[IPNetwork, IPAddress]:
+Hop = tuple   # (gateway, index of the device it is on-link through, or 0: the kernel picks the device)
+
+
+def current_routes(ipr) -> dict[IPNetwork, Hop]:
     found = {}
     for version in (4, 6):
         for msg in ipr.routes(family(version)):
@@ -45,31 +52,40 @@ def current_routes(ipr) -> dict[IPNetwork, IPAddress]:
                 continue
             dst, gw = msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY")
             if dst and gw:
-                found[ipaddress.ip_network(f"{dst}/{msg['dst_len']}")] = ipaddress.ip_address(gw)
+                onlink = msg.get_attr("RTA_OIF") if msg["flags"] & RTNH_F_ONLINK else 0
+                found[ipaddress.ip_network(f"{dst}/{msg['dst_len']}")] = (ipaddress.ip_address(gw), onlink or 0)
     return found
 
 
-def sync_routes(ipr, want: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
-    """Make the agent's routes exactly `want`; returns (added or changed, removed)."""
+def sync_routes(ipr, want: dict[IPNetwork, IPAddress], tunnel: dict[IPNetwork, IPAddress] | None = None,
+                tunnel_index: int = 0) -> tuple[int, int]:
+    """Make the agent's routes exactly `want` (via a peer's InternalIP) plus `tunnel` (via a peer's
+    tunnel address, on-link through device `tunnel_index`); returns (added or changed, removed)."""
+    hops: dict[IPNetwork, Hop] = {dst: (via, 0) for dst, via in want.items()}
+    hops.update({dst: (via, tunnel_index) for dst, via in (tunnel or {}).items()})
     have = current_routes(ipr)
     removed = changed = 0
-    for dst in have.keys() - want.keys():
+    for dst in have.keys() - hops.keys():
         try:
             ipr.delete_route(family(dst.version), str(dst.network_address), dst.prefixlen, RTPROT_PYCNI)
         except (OSError, NetlinkError) as e:    # one route that fails costs that route, no more
-            log.error(f"agent: removing route {dst} via {have[dst]}: {e}")
+            log.error(f"agent: removing route {dst} via {have[dst][0]}: {e}")
             continue
-        log.info(f"agent: route {dst} via {have[dst]} removed")
+        log.info(f"agent: route {dst} via {have[dst][0]} removed")
         removed += 1
-    for dst, via in want.items():
-        if have.get(dst) == via:
+    for dst, (via, index) in hops.items():
+        if have.get(dst) == (via, index):
             continue
         try:
-            ipr.replace_route(family(dst.version), str(dst.network_address), dst.prefixlen, str(via), RTPROT_PYCNI)
+            if index:
+                replace_onlink_route(ipr, str(dst.network_address), dst.prefixlen, str(via), index, RTPROT_PYCNI)
+            else:
+                ipr.replace_route(family(dst.version), str(dst.network_address), dst.prefixlen, str(via),
+                                  RTPROT_PYCNI)
         except (OSError, NetlinkError) as e:   # e.g. ENETUNREACH: the gateway is not on a connected network (yet)
             log.error(f"agent: route {dst} via {via}: {e}")
             continue
-        log.info(f"agent: route {dst} via {via}")
+        log.info(f"agent: route {dst} via {via}{' onlink (tunnel)' if index else ''}")
         changed += 1
     return changed, removed
 
@@ -102,15 +118,26 @@ def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
 
 # ------------------------------------------------------------------ all of it
 
-def apply(state: Desired, conf_dir: Path, conf_name: str) -> dict:
-    """One sync; returns what it did (for the log and the tests)."""
+def apply(state: Desired, conf_dir: Path, conf_name: str, peers_file: str | None = None, metrics=None) -> dict:
+    """One sync; returns what it did (for the log and the tests). With an overlay: the tunnel
+    device and its entries first (a route through it needs them), routes, then the peers' record."""
     done: dict = {"conflist": False, "routes": (0, 0)}
-    if state.conflist is not None:
-        done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)
     ipr = open_rtnl()
     try:
-        done["routes"] = sync_routes(ipr, state.routes)
+        overlay, index = state.overlay, 0
+        if overlay is not None and overlay.device is not None:     # first: a clash stops the sync here
+            index, writes = tunnel_host.ensure_device(ipr, overlay.device)
+            added, removed = tunnel_host.sync_entries(ipr, index, overlay)
+            done["tunnel"] = (added + writes, removed)
+            done["vtep_mac"] = overlay.device.mac
+        elif overlay is not None and overlay.mode == "direct":
+            tunnel_host.remove_device(ipr, overlay.device_name)
+        if state.conflist is not None:
+            done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)
+        done["routes"] = sync_routes(ipr, state.routes, overlay.tunnel_routes if overlay else None, index)
     finally:
         ipr.close()
     sync_masquerade(state.pod_networks)
+    if overlay is not None:
+        done["peers"] = tunnel_host.report(overlay, peers_file, metrics)
     return done

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from cni.spec.log import log
-from cni.agent import host
+from cni.agent import host, tunnel_host
 from cni.agent.nodes import Desired, Options, desired, parse_node_list
+from cni.agent.tunnel import DEFAULT_DEVICE, DEFAULT_PORT, DEFAULT_VNI, MODES, TunnelOptions
+from cni.agent.tunnel_host import DEFAULT_PEERS_FILE
 
 
 def add_arguments(p) -> None:
@@ -33,7 +35,16 @@ def add_arguments(p) -> None:
     p.add_argument("--network", default="pycni")
     p.add_argument("--bridge", default="pycni0")
     p.add_argument("--data-dir", default="/run/pycni/ipam", help="IPAM data dir (keep it on tmpfs)")
-    p.add_argument("--mtu", type=int)
+    p.add_argument("--mtu", type=int, help="the pods' MTU (default: the uplink's, less the tunnel's overhead "
+                                          "when a peer is reached through it)")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="how other nodes' pods are reached: auto (a direct route to an on-link node, VXLAN "
+                        "to one behind a router), direct (routes only), vxlan (always the tunnel)")
+    p.add_argument("--vxlan-device", default=DEFAULT_DEVICE)
+    p.add_argument("--vxlan-vni", type=int, default=DEFAULT_VNI)
+    p.add_argument("--vxlan-port", type=int, default=DEFAULT_PORT, help="UDP port (default %(default)s)")
+    p.add_argument("--peers-file", default=DEFAULT_PEERS_FILE,
+                   help="where the agent records how it reaches each peer (read by `pycni inspect --peers-file`)")
     p.add_argument("--cluster-cidr", action="append", default=[],
                    help="the cluster's pod subnet(s), e.g. kind's podSubnet (repeatable or comma-separated)")
     p.add_argument("--no-masquerade", action="store_true")
@@ -57,14 +68,16 @@ class Syncer:
     or the last sync is older than `every` seconds (which also repairs drift, e.g. a flushed table)."""
 
     def __init__(self, node_name: str, opts: Options, apply: Callable[[Desired], dict],
-                 clock: Callable[[], float] = time.monotonic, every: float = 60.0, metrics=None):
+                 clock: Callable[[], float] = time.monotonic, every: float = 60.0, metrics=None,
+                 probe: Callable[[list], object] | None = None):
         self.node_name, self.opts, self.apply, self.clock, self.every = node_name, opts, apply, clock, every
+        self.probe = probe          # the kernel's facts about the peers (cni.agent.tunnel_host.probe)
         self.last: Desired | None = None
         self.at = 0.0
         self.metrics = metrics
 
     def __call__(self, nodes: list) -> dict | None:
-        state = desired(self.node_name, nodes, self.opts)
+        state = desired(self.node_name, nodes, self.opts, self.probe(nodes) if self.probe else None)
         if state == self.last and self.clock() - self.at < self.every:
             return None
         started = time.monotonic()
@@ -81,7 +94,10 @@ class Syncer:
         self.last, self.at = state, self.clock()
         print(f"agent: {len(nodes)} nodes, conflist {'written' if done['conflist'] else 'unchanged'}, "
               f"routes +{done['routes'][0]} -{done['routes'][1]}, "
-              f"pod networks {', '.join(map(str, state.pod_networks)) or '-'}", flush=True)
+              f"pod networks {', '.join(map(str, state.pod_networks)) or '-'}"
+              + (f", peers {done['peers']}" if "peers" in done else "")
+              + (f", tunnel entries +{done['tunnel'][0]} -{done['tunnel'][1]}" if "tunnel" in done else ""),
+              flush=True)
         return done
 
 
@@ -90,22 +106,38 @@ def run(args) -> int:
         log.error("agent: --node-name or $NODE_NAME is required")
         print("pycni agent: --node-name or $NODE_NAME is required")
         return 2
+    tunnel = TunnelOptions(args.mode, args.vxlan_device, args.vxlan_vni, args.vxlan_port)
+    try:
+        tunnel_host.check(tunnel)          # before anything is configured: never half of it
+    except tunnel_host.TunnelError as e:
+        log.error(f"agent: {e}")
+        print(f"pycni agent: {e}", flush=True)
+        return 1
     opts = Options(network=args.network, bridge=args.bridge, data_dir=args.data_dir, mtu=args.mtu,
                    cluster_cidrs=tuple(ipaddress.ip_network(c.strip()) for arg in args.cluster_cidr
                                        for c in arg.split(",") if c.strip()),
-                   masquerade=not args.no_masquerade, policy_dir=_policy_dir(args))
+                   masquerade=not args.no_masquerade, policy_dir=_policy_dir(args), tunnel=tunnel)
     _install(args)
     conf_dir = Path(args.conf_dir)
 
     metrics = _serve_metrics(args, opts, conf_dir)
-    on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name),
-                       metrics=metrics)
+    publish = None if args.nodes_file else tunnel_host.publisher(args.node_name)
+    on_change = Syncer(args.node_name, opts,
+                       lambda state: tunnel_host.published(state, publish, host.apply(
+                           state, conf_dir, args.conf_name, args.peers_file, metrics)),
+                       metrics=metrics, probe=partial(tunnel_host.probe_now, args.node_name, opts.tunnel))
     helper = _host_helper(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
     try:
         if args.nodes_file:
             with open(args.nodes_file, encoding="utf-8") as f:
-                on_change(parse_node_list(json.load(f)))
+                nodes = parse_node_list(json.load(f))
+            try:
+                on_change(nodes)
+            except tunnel_host.TunnelError as e:
+                log.error(f"agent: {e}")
+                print(f"pycni agent: {e}", flush=True)
+                return 1
             if helper is not None or metrics is not None:
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0

@@ -42,6 +42,8 @@ class Metrics:
         self.fallbacks = Counter("pycni_helper_fallbacks", "CNI calls that ran in process, by why the "
                                  "helper did not serve them", ["reason"], registry=r)
         self.sync_seconds = Histogram("pycni_agent_sync_duration_seconds", "agent syncs", ["kind"], registry=r)
+        self.peers = Gauge("pycni_agent_peers", "other nodes' pod CIDRs by how this node reaches them "
+                           "(direct, vxlan, unreachable)", ["mode"], registry=r)
         self.sync_errors = Counter("pycni_agent_sync_errors", "agent syncs that failed", ["kind"], registry=r)
         self.policies = Gauge("pycni_network_policies", "NetworkPolicies selecting pods of this node", registry=r)
         self.policy_rules = Gauge("pycni_network_policy_rules", "rules of the policy table", registry=r)

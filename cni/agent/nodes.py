@@ -4,14 +4,18 @@ what this node should have. No I/O here."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from cni.spec.result import IPAddress, IPNetwork
+from cni.agent import tunnel
+from cni.agent.tunnel import Facts, Overlay, TunnelOptions
 
 DEFAULT_NETWORK = "pycni"
 DEFAULT_BRIDGE = "pycni0"
 DEFAULT_DATA_DIR = "/run/pycni/ipam"     # tmpfs: a reboot releases every address with the pods
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class NodeInfo:
     name: str
     internal_ips: tuple[IPAddress, ...] = ()
     pod_cidrs: tuple[IPNetwork, ...] = ()
+    vtep_mac: str = ""          # annotation pycni.io/vtep-mac: its VXLAN device's MAC, as its agent published it
 
 
 class NodeError(ValueError):
@@ -39,7 +44,10 @@ def parse_node(obj: Mapping[str, Any]) -> NodeInfo:
                     if a.get("type") == "InternalIP")
     except (ValueError, KeyError, TypeError) as e:
         raise NodeError(f"node {name}: {e}") from None
-    return NodeInfo(name, ips, pod_cidrs)
+    mac = str((meta.get("annotations") or {}).get(tunnel.ANNOTATION_MAC) or "").lower()
+    if mac and not _MAC.fullmatch(mac):
+        raise NodeError(f"node {name}: annotation {tunnel.ANNOTATION_MAC} {mac!r} is no MAC address")
+    return NodeInfo(name, ips, pod_cidrs, mac)
 
 
 def parse_node_list(obj: Mapping[str, Any]) -> list[NodeInfo]:
@@ -57,12 +65,15 @@ class Options:
     cluster_cidrs: tuple[IPNetwork, ...] = ()   # e.g. kind's podSubnet; nodes' podCIDRs are added
     masquerade: bool = True
     policy_dir: str | None = None              # NetworkPolicy enforced: the plugin's state dir
+    tunnel: TunnelOptions = TunnelOptions()    # how peers are reached (cni/agent/tunnel.py)
 
 
-def conflist(me: NodeInfo, opts: Options) -> dict:
+def conflist(me: NodeInfo, opts: Options, mtu: int | None = None) -> dict:
     """The node's conflist: a pycni bridge over its podCIDRs (one range set per family), then port
-    mapping; the pods' bandwidth annotations shape them in the same ADD. Masquerade is the agent's (cluster-wide), not the plugin's (per-pod ipMasq would
-    masquerade pod-to-pod traffic between nodes)."""
+    mapping; the pods' bandwidth annotations shape them in the same ADD. Masquerade is the agent's
+    (cluster-wide), not the plugin's (per-pod ipMasq would masquerade pod-to-pod traffic between
+    nodes). MTU: an explicit `opts.mtu`, else `mtu` (the uplink's, less the tunnel's overhead when a
+    peer needs it), else the plugin's default."""
     if not me.pod_cidrs:
         raise NodeError(f"node {me.name} has no spec.podCIDRs yet")
     families = sorted({c.version for c in me.pod_cidrs})
@@ -76,8 +87,8 @@ def conflist(me: NodeInfo, opts: Options) -> dict:
             "routes": [{"dst": "0.0.0.0/0" if v == 4 else "::/0"} for v in families],
         },
     }
-    if opts.mtu:
-        bridge["mtu"] = opts.mtu
+    if opts.mtu or mtu:
+        bridge["mtu"] = opts.mtu or mtu
     if opts.policy_dir:
         bridge["networkPolicy"] = opts.policy_dir
     return {"cniVersion": "1.0.0", "name": opts.network, "plugins": [bridge]}
@@ -116,12 +127,21 @@ def pod_networks(nodes: Iterable[NodeInfo], opts: Options) -> tuple[IPNetwork, .
 @dataclass(frozen=True)
 class Desired:
     conflist: dict | None
-    routes: dict[IPNetwork, IPAddress] = field(default_factory=dict)
+    routes: dict[IPNetwork, IPAddress] = field(default_factory=dict)    # direct: via the peer's InternalIP
     pod_networks: tuple[IPNetwork, ...] = ()
+    overlay: Overlay | None = None      # with the kernel's facts: modes per peer, the tunnel's entries
 
 
-def desired(me: str, nodes: Iterable[NodeInfo], opts: Options) -> Desired:
+def desired(me: str, nodes: Iterable[NodeInfo], opts: Options, facts: Facts | None = None) -> Desired:
+    """Without `facts` (the kernel's routes to the peers), every peer gets the direct route;
+    with them, each gets what cni.agent.tunnel decides."""
     nodes = list(nodes)
     mine = next((n for n in nodes if n.name == me), None)
-    conf = conflist(mine, opts) if mine is not None and mine.pod_cidrs else None
-    return Desired(conf, peer_routes(me, nodes), pod_networks(nodes, opts) if opts.masquerade else ())
+    masq = pod_networks(nodes, opts) if opts.masquerade else ()
+    if facts is None:
+        conf = conflist(mine, opts) if mine is not None and mine.pod_cidrs else None
+        return Desired(conf, peer_routes(me, nodes), masq)
+    overlay = tunnel.plan(me, nodes, opts.tunnel, facts)
+    conf = conflist(mine, opts, overlay.pod_mtu) if mine is not None and mine.pod_cidrs else None
+    routes = {p.cidr: p.via for p in overlay.peers if p.mode == "direct"}
+    return Desired(conf, routes, masq, overlay)

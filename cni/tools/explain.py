@@ -165,6 +165,13 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
         else:
             e.hops.append(f"routing: {pkt.daddr} dev {r.get('dev', '?')}")
         _through(e, tables, pkt, hits, "postrouting", "POSTROUTING (after routing: masquerade, hairpin SNAT)")
+        tunnel = _tunnel_hops(r) if target is None else []
+        if tunnel:
+            e.hops += tunnel
+            if tunnel[-1].endswith("dropped"):
+                e.verdict = "dropped"
+                return e
+            return _done(e, hits)
         if target is not None:
             hairpin = src.kind == "pod" and target is src.attachment
             if hairpin and not _hairpin_on(target.host_veth):
@@ -184,6 +191,39 @@ def explain(src_text: str, dst_text: str, conf_dir: str, tables=None, local=None
         e.unknown = str(x)
         e.hops.append(f"(stopped: a rule explain cannot evaluate: {x})")
         return e
+
+
+def _ip_json(*args: str) -> list:
+    p = subprocess.run(list(args), capture_output=True, text=True)
+    try:
+        return json.loads(p.stdout or "[]")
+    except ValueError:
+        return []
+
+
+def _tunnel_hops(route: dict) -> list[str]:
+    """When `route` leaves through a VXLAN device: the tunnel hop (device, VNI, the FDB entry that
+    gives the outer destination) and the outer packet's way out; else nothing."""
+    dev, gateway = route.get("dev"), route.get("gateway")
+    links = _ip_json("ip", "-j", "-d", "link", "show", "dev", dev) if dev else []
+    info = (links[0].get("linkinfo") or {}) if links else {}
+    if info.get("info_kind") != "vxlan":
+        return []
+    data = info.get("info_data") or {}
+    local = data.get("local") or data.get("local6") or "?"
+    mac = next((n.get("lladdr") for n in _ip_json("ip", "-j", "neigh", "show", "dev", dev)
+                if gateway and n.get("dst") == gateway), None)
+    outer = next((f.get("dst") for f in _ip_json("bridge", "-j", "fdb", "show", "dev", dev)
+                  if mac and f.get("mac") == mac and f.get("dst")), None)
+    if mac is None or outer is None:
+        what = f"no neighbour entry for {gateway}" if mac is None else f"no FDB entry for {mac}"
+        return [f"tunnel {dev} (VXLAN, VNI {data.get('id')}, UDP {data.get('port')}): {what}: dropped"]
+    out = _route(outer)
+    via = f" via {out['gateway']}" if out.get("gateway") else ""
+    return [f"tunnel {dev} (VXLAN, VNI {data.get('id')}, UDP {data.get('port')}): next hop {gateway} is "
+            f"{mac}, whose FDB entry sends it to {outer}: encapsulated, outer source {local}, outer "
+            f"destination {outer} (the pod addresses stay inside)",
+            f"outer packet: {local} -> {outer} UDP {data.get('port')}{via} dev {out.get('dev', '?')}"]
 
 
 def _agent_route(addr) -> str:

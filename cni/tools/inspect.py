@@ -10,6 +10,7 @@
     policy        NetworkPolicy records (pod namespace/name, set elements)
     shaping       the tbf (handle 7063:) on each host veth and on each ifb device carrying pycni's
                   ifb alias (`pycni-bw/...`), with the redirect between them
+    peers         the agent's record of the other nodes: direct, vxlan or unreachable (and why)
 
 `cross_check` is pure: it joins the sources on the attachment hash and lists what does not add
 up — an address without an interface (a leak: the range shrinks), an interface without an
@@ -69,6 +70,7 @@ class Attachment:
 class Report:
     attachments: list[Attachment]
     problems: list[str]
+    peers: dict | None = None     # the agent's record (cni/agent/tunnel_host.py): the other nodes, by mode
 
 
 # ---------------------------------------------------------------------------- gathering (I/O)
@@ -217,12 +219,24 @@ def policy_records(net: Network) -> dict[str, dict]:
     return read_records(net.policy_dir, net.name) if net.policy_dir else {}
 
 
-def gather(conf_dir: str) -> Report:
+def gather(conf_dir: str, peers_file: str | None = None) -> Report:
     nets = networks(conf_dir)
     links = interfaces()
     shaped, ifbs = shaping(links)
-    return cross_check(nets, links, {n.name: reservations(n) for n in nets}, nft_elements(),
-                       iptables_chains(), {n.name: policy_records(n) for n in nets}, shaped, ifbs)
+    report = cross_check(nets, links, {n.name: reservations(n) for n in nets}, nft_elements(),
+                         iptables_chains(), {n.name: policy_records(n) for n in nets}, shaped, ifbs)
+    report.peers = read_peers(peers_file) if peers_file else None
+    return report
+
+
+def read_peers(path: str) -> dict | None:
+    """The agent's peers record, or None when there is none (no agent on this node)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 # ---------------------------------------------------------------------------- the join (pure)
@@ -311,6 +325,8 @@ def render_table(report: Report) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.append(f"{len(report.attachments)} attachments, {len(report.problems)} problems")
     lines += [f"  problem: {p}" for p in report.problems]
+    if report.peers is not None:
+        lines += render_peers(report.peers)
     return "\n".join(lines) + "\n"
 
 
@@ -327,12 +343,28 @@ def shaping_text(a: Attachment) -> str:
     return ", ".join(parts) or "-"
 
 
+def render_peers(record: dict) -> list[str]:
+    dev = record.get("device")
+    tunnel = (f"tunnel {dev['name']}: VNI {dev['vni']}, UDP {dev['port']}, outer source {dev['local']}, "
+              f"VTEP MAC {dev['mac']}, MTU {dev['mtu']}" if dev else "no tunnel device")
+    lines = ["", f"peers of {record.get('node')} (mode {record.get('mode')}; {tunnel}; pod MTU "
+                 f"{record.get('pod_mtu') or 'default'})"]
+    head = ("NODE", "POD CIDR", "MODE", "VIA", "OUTER DST", "DEV", "WHY")
+    rows = [(p.get("node", ""), p.get("cidr", ""), p.get("mode", ""), p.get("via") or "-", p.get("outer") or "-",
+             p.get("dev") or "-", p.get("why") or "") for p in record.get("peers") or ()]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return lines
+
+
 def render_json(report: Report) -> str:
-    return json.dumps({"attachments": [asdict(a) for a in report.attachments], "problems": report.problems},
-                      indent=2) + "\n"
+    out = {"attachments": [asdict(a) for a in report.attachments], "problems": report.problems}
+    if report.peers is not None:
+        out["peers"] = report.peers
+    return json.dumps(out, indent=2) + "\n"
 
 
 def main(args) -> int:
-    report = gather(args.conf_dir)
+    report = gather(args.conf_dir, getattr(args, "peers_file", None))
     print(render_json(report) if args.json else render_table(report), end="")
     return 1 if args.check and report.problems else 0

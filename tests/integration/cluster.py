@@ -67,20 +67,23 @@ class Cluster:
             sh("ip", "-6", "addr", "add", f"{n['ip6']}/64", "dev", "eth0", "nodad", ns=ns)
             sh("ip", "link", "set", "eth0", "up", ns=ns)
 
-    def agent(self, name: str, nodes: list[str]) -> str:
+    def api_node(self, name: str) -> dict:
+        return api_node(name)
+
+    def agent(self, name: str, nodes: list[str], *extra: str, check: bool = True) -> str:
         """Run `pycni agent` once on node `name` with the cluster's Node objects as the API serves them."""
         node = self.nodes[name]
         listing = node.tmp / "nodes.json"
-        listing.write_text(json.dumps(node_list(*map(api_node, nodes))))
+        listing.write_text(json.dumps(node_list(*map(self.api_node, nodes))))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         env["PYCNI_LOG_FILE"] = str(node.log_file)
         proc = subprocess.run(
             ["ip", "netns", "exec", node.name, str(BIN / "pycni"), "agent", "--node-name", name,
              "--nodes-file", str(listing), "--from", "none", "--conf-dir", str(node.tmp / "net.d"),
              "--data-dir", str(node.data_dir), "--cluster-cidr", "10.244.0.0/16",
-             "--cluster-cidr", "fd00:10:244::/56"],
+             "--cluster-cidr", "fd00:10:244::/56", "--peers-file", str(node.tmp / "peers.json"), *extra],
             env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert proc.returncode == 0 or not check, proc.stderr + proc.stdout
         return proc.stdout
 
     def start_agent(self, name: str, kubeconfig: str, *extra: str) -> "Agent":
@@ -92,7 +95,8 @@ class Cluster:
             ["ip", "netns", "exec", node.name, sys.executable, "-m", "cni", "agent", "--node-name", name,
              "--kubeconfig", kubeconfig, "--from", "none", "--conf-dir", str(node.tmp / "net.d"),
              "--data-dir", str(node.data_dir), "--policy-dir", str(node.tmp / "policy"),
-             "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00:10:244::/56", *extra],
+             "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00:10:244::/56",
+             "--peers-file", str(node.tmp / "peers.json"), *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             cwd=str(Path(__file__).parents[2]))
         agent = Agent(proc)
