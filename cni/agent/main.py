@@ -101,26 +101,68 @@ def run(args) -> int:
     on_change = Syncer(args.node_name, opts, lambda state: host.apply(state, conf_dir, args.conf_name),
                        metrics=metrics)
     helper = _host_helper(args)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
-    try:
-        if args.nodes_file:
+    if args.nodes_file:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
+        try:
             with open(args.nodes_file, encoding="utf-8") as f:
                 on_change(parse_node_list(json.load(f)))
             if helper is not None or metrics is not None:
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
-        from cni.agent.watch import follow, load_config
+        finally:
+            if helper is not None:
+                helper.stop()
+    return _follow_cluster(args, opts, on_change, metrics, helper)
 
-        if opts.policy_dir:
-            from cni.agent.policy import loop
 
-            load_config(args.kubeconfig)
-            loop.start(args.node_name, opts.policy_dir, metrics=metrics)
-        follow(on_change, args.kubeconfig)
-        return 0
-    finally:
-        if helper is not None:
-            helper.stop()
+STOP_WAIT = 8.0     # seconds SIGTERM waits for a sync under way (the DaemonSet's grace period is 30)
+
+
+def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -> int:
+    """Follow the API (Nodes; and NetworkPolicy's kinds) until SIGTERM or SIGINT; then let the
+    sync under way finish (at most STOP_WAIT s), stop the helper and exit at once, leaving the
+    threads that wait on the API behind."""
+    import threading
+
+    from cni.agent import kube
+    from cni.agent.shutdown import Stopping, Writers
+    from cni.agent.watch import Follower
+
+    stopping = threading.Event()
+    writers = Writers()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        cluster = kube.load(args.kubeconfig)
+    except (kube.ConfigError, OSError, ValueError) as e:
+        log.error(f"agent: the API: {e}")
+        print(f"pycni agent: the API: {e}", flush=True)
+        return 1
+    if opts.policy_dir:
+        from cni.agent.policy import loop
+
+        loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers)
+
+    def nodes_changed() -> None:
+        try:
+            with writers.writing():
+                on_change(follower.snapshot())
+        except Stopping:
+            pass
+
+    from cni.agent.nodes import parse_node
+
+    follower = Follower(cluster, "nodes", parse_node, nodes_changed, until=stopping.is_set).start()
+    while not stopping.wait(3600):
+        pass
+    started = time.monotonic()
+    clean = writers.close(STOP_WAIT)
+    if helper is not None:
+        helper.stop(timeout=max(0.5, STOP_WAIT - (time.monotonic() - started)))
+    print(f"agent: stopped in {time.monotonic() - started:.1f} s"
+          + ("" if clean else " (a sync was still running: it is cut short; the next start redoes it)"), flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _serve_metrics(args, opts: Options, conf_dir: Path):

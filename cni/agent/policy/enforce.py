@@ -99,7 +99,9 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
         known = {p.key: p for p in pods}
         merged = [dataclasses.replace(p, ips=tuple(recorded[p.key]), node=node) if p.key in recorded else p
                   for p in pods]
-        unknown = {k for k in recorded if k not in known}
+        # a pod the API has not told us of is denied until classified, but only while some
+        # policy exists: without one nothing is isolated (and Pods are not even watched)
+        unknown = {k for k in recorded if k not in known} if policies else set()
         pending: dict[int, list[str]] = {4: [], 6: []}
         for k in unknown:
             for ip in recorded[k]:
@@ -115,7 +117,7 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
                       set(namespaces) - compiled.isolating_namespaces)
         for name, rec in records.items():
             key = tuple(rec["pod"])
-            members = compiled.members.get(key, []) if key in known else PENDING
+            members = PENDING if key in unknown else compiled.members.get(key, [])
             elements = elements_of(members, [ipaddress.ip_address(a) for a in rec.get("ips") or ()])
             if rec.get("elements") != elements:
                 write_json(os.path.join(state_dir, "attachments", name), {**rec, "elements": elements})
