@@ -8,7 +8,7 @@ It behaves as kube-apiserver does where the agent depends on it:
   list's resourceVersion; a `continue` token from before the last compaction answers 410 Gone
   (reason Expired), as a compacted etcd revision does;
 - WATCH from a resourceVersion streams the later events of its kind, then new ones, until its
-  `timeoutSeconds` or the server's close; with `allowWatchBookmarks=true` a BOOKMARK carrying the
+  `timeoutSeconds`, `end_watches()` or the server's close; with `allowWatchBookmarks=true` a BOOKMARK carrying the
   current resourceVersion every `bookmark_every` seconds and one just before the timeout; a
   version older than the kept history answers the watch with an ERROR event, code 410 (Expired).
 `requests` counts what was asked, per (kind, "list" pages | "watch").
@@ -55,6 +55,7 @@ class FakeAPI:
         self.requests: Counter = Counter()
         self.refuse: set[str] = set()     # kinds answered 403 Forbidden (as with RBAC missing)
         self.watching: Counter = Counter()   # open watches per kind
+        self.cuts = 0            # end_watches() calls: a watch ends when this moves
         sock = _listen(host, netns)
         api = self
 
@@ -113,6 +114,24 @@ class FakeAPI:
             obj = json.loads(body)
             obj["metadata"]["resourceVersion"] = str(self.rv)
             self.history[kind].append((self.rv, b'{"type":"DELETED","object":%s}\n' % _dumps(obj)))
+            self.cond.notify_all()
+
+    def end_watches(self) -> None:
+        """End every open watch stream cleanly, as an API server restarting (or a load balancer
+        dropping long requests) does; the clients' next watches start from their last version."""
+        with self.cond:
+            self.cuts += 1
+            self.cond.notify_all()
+
+    def expire(self) -> None:
+        """etcd compacted past every client: one more write elsewhere, the history dropped, every
+        watch ended. A client's next watch (from any version it holds) gets 410 Gone."""
+        with self.cond:
+            self.rv += 1
+            for h in self.history.values():
+                h.clear()
+            self.oldest = self.rv + 1
+            self.cuts += 1
             self.cond.notify_all()
 
     def compact(self) -> None:
@@ -231,6 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         with fake.cond:
             fake.watching[kind] += 1
+            cuts = fake.cuts
         try:
             with fake.cond:
                 if since + 1 < fake.oldest:
@@ -240,6 +260,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             while True:
                 with fake.cond:
+                    if fake.cuts != cuts:
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
                     history = fake.history[kind]
                     at = bisect.bisect_right(history, since, key=lambda e: e[0])
                     fresh = history[at:]

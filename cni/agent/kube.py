@@ -17,7 +17,7 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable
 from urllib.parse import urlencode, urlparse
 
 import yaml
@@ -84,22 +84,83 @@ def api_error(status: int, body: bytes | dict) -> ApiError:
         return ApiError(status, "", body[:200].decode(errors="replace") if isinstance(body, bytes) else "")
 
 
-def list_pages(cluster: Cluster, path: str, limit: int, timeout: float = 60.0) -> Iterator[tuple[list, str]]:
-    """One LIST in pages of `limit`, on one connection: yields (items, resourceVersion) per page;
-    ApiError(410) when the list's version expired between pages (list again from the start)."""
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+
+
+def decode_list(text: str, on_item: Callable[[dict], None]) -> dict:
+    """A List document, its `items` decoded one at a time (each handed to `on_item` and then
+    dropped: a page never exists as one object tree); returns its other members (metadata, ...).
+    ValueError when it is not one."""
+    try:
+        return _decode_list(text, on_item)
+    except IndexError:
+        raise ValueError("not a List document: it ends too soon") from None
+
+
+def _decode_list(text: str, on_item: Callable[[dict], None]) -> dict:
+    out: dict = {}
+    i, n = 0, len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        return i
+
+    def expect(i: int, c: str) -> int:
+        i = skip(i)
+        if i >= n or text[i] != c:
+            raise ValueError(f"not a List document: {c!r} expected at {i}")
+        return i + 1
+
+    i = expect(0, "{")
+    if skip(i) < n and text[skip(i)] == "}":
+        return out
+    while True:
+        key, i = _DECODER.raw_decode(text, skip(i))
+        i = expect(i, ":")
+        if key == "items" and text[skip(i)] == "[":
+            i = skip(skip(i) + 1)
+            if text[i] == "]":
+                i += 1
+            else:
+                while True:
+                    item, i = _DECODER.raw_decode(text, skip(i))
+                    on_item(item)
+                    del item
+                    i = skip(i)
+                    if text[i] == "]":
+                        i += 1
+                        break
+                    i = expect(i, ",")
+        else:
+            out[key], i = _DECODER.raw_decode(text, skip(i))
+        i = skip(i)
+        if i < n and text[i] == "}":
+            return out
+        i = expect(i, ",")
+
+
+def list_all(cluster: Cluster, path: str, limit: int, on_item: Callable[[dict], None],
+             stop: Callable[[], bool] = lambda: False, timeout: float = 60.0) -> tuple[str, int]:
+    """One LIST in pages of `limit` on one connection, every item to `on_item`; returns the
+    list's resourceVersion and the number of pages. ApiError(410) when the list's version expired
+    between pages (list again from the start)."""
     conn = cluster.connect(timeout)
+    pages = 0
     try:
         token = None
         while True:
             query: dict[str, Any] = {"limit": limit}
             if token:
                 query["continue"] = token
-            page = cluster.get_json(conn, path, query)
-            meta = page.get("metadata") or {}
-            yield page.get("items") or [], str(meta.get("resourceVersion") or "")
+            text = cluster.get(conn, path, query).read().decode()
+            pages += 1
+            meta = decode_list(text, on_item).get("metadata") or {}
+            del text
             token = meta.get("continue")
-            if not token:
-                return
+            if not token or stop():
+                return str(meta.get("resourceVersion") or ""), pages
     finally:
         conn.close()
 

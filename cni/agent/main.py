@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
                    help="do not enforce NetworkPolicy (on by default with the API; needs nftables)")
     p.add_argument("--policy-dir", default="/run/pycni/policy",
                    help="network policy state shared with the plugin (keep it on tmpfs)")
+    p.add_argument("--pod-watch-linger", type=float, default=60.0, metavar="SECONDS",
+                   help="keep watching Pods this long after the last NetworkPolicy is gone (Pods are "
+                        "watched only while a policy exists)")
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help="serve /metrics (Prometheus), /healthz and /readyz there (e.g. 0.0.0.0:9152)")
     p.add_argument("--calls-file", metavar="PATH",
@@ -141,7 +144,8 @@ def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -
     if opts.policy_dir:
         from cni.agent.policy import loop
 
-        loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers)
+        loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers,
+                   linger=args.pod_watch_linger)
 
     def nodes_changed() -> None:
         try:

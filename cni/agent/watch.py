@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import threading
 from collections import Counter
 from typing import Any, Callable
 
 from cni.spec.log import log
-from cni.agent.kube import ApiError, Cluster, api_error, list_pages
+from cni.agent.kube import ApiError, Cluster, api_error, list_all
 from cni.agent.nodes import NodeInfo, parse_node
 
 PAGE = 500             # objects per LIST page (client-go's reflector uses the same)
@@ -39,7 +40,7 @@ class Gone(Exception):
 
 def _key(obj: dict) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
-    return meta.get("namespace") or "", meta.get("name") or ""
+    return sys.intern(meta.get("namespace") or ""), meta.get("name") or ""
 
 
 class Follower:
@@ -117,22 +118,22 @@ class Follower:
 
     def _list(self) -> None:
         fresh: dict[tuple[str, str], Any] = {}
-        version = ""
+
+        def take(obj: dict) -> None:
+            value = self._value(obj)
+            if value is not None:
+                fresh[_key(obj)] = value
+
         self.stats["lists"] += 1
         try:
-            for items, version in list_pages(self.cluster, self.path, self.page):
-                self.stats["pages"] += 1
-                for obj in items:
-                    value = self._value(obj)
-                    if value is not None:
-                        fresh[_key(obj)] = value
-                del items
-                if self.stopping():
-                    return
+            version, pages = list_all(self.cluster, self.path, self.page, take, self.stopping)
         except ApiError as e:
             if e.status == 410:
                 raise Gone() from None
             raise
+        self.stats["pages"] += pages
+        if self.stopping():
+            return
         with self.lock:
             self.objects, self.listed, self.version = fresh, True, version
         self.on_change()

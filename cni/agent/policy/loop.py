@@ -88,7 +88,7 @@ class PolicyLoop:
             self.no_policies_since = None
             if pods is None:
                 self.pod_watches += 1
-                print("agent: network policy: a policy exists: watching Pods", flush=True)
+                print("agent: a NetworkPolicy exists: watching Pods", flush=True)
                 self.followers["pods"] = self.follow("pods", self.on_change)
             return None
         if pods is None:
@@ -100,7 +100,7 @@ class PolicyLoop:
             return self.no_policies_since + self.linger - now
         pods.stop()
         self.followers["pods"] = None
-        print("agent: network policy: no policy left: Pods no longer watched", flush=True)
+        print(f"agent: no NetworkPolicy for {self.linger:.0f} s: Pods no longer watched", flush=True)
         return None
 
     def inputs(self) -> tuple[list, list, dict] | None:
@@ -152,12 +152,13 @@ class PolicyLoop:
             return
 
     def _sync(self, parts, changed_at: float | None) -> bool:
+        with self.writers.writing():     # a SIGTERM now waits for it, its report included
+            return self._sync_once(parts, changed_at)
+
+    def _sync_once(self, parts, changed_at: float | None) -> bool:
         m = self.metrics
         try:
-            with self.writers.writing():
-                outcome = self.sync(*parts)
-        except Stopping:
-            raise
+            outcome = self.sync(*parts)
         except Exception as e:      # the table in the kernel stays; try again soon
             if m is not None:
                 m.sync_errors.labels("network policy").inc()
@@ -184,7 +185,7 @@ class PolicyLoop:
 
 
 def start(cluster, node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None,
-          writers: Writers | None = None) -> PolicyLoop:
+          writers: Writers | None = None, linger: float = LINGER) -> PolicyLoop:
     """The followers and the loop, each in a daemon thread."""
     from cni.agent.watch import Follower
 
@@ -192,7 +193,7 @@ def start(cluster, node: str, state_dir: str, stop: Callable[[], bool] = lambda:
         return Follower(cluster, kind, PARSE[kind], on_change, until=stop).start()
 
     loop = PolicyLoop(node, state_dir, follow, on_sync=lambda outcome: print(outcome.summary(), flush=True),
-                      metrics=metrics, writers=writers).start()
+                      metrics=metrics, writers=writers, linger=linger).start()
     thread = threading.Thread(target=loop.run, name="policy", daemon=True, args=(stop,))
     thread.start()
     if metrics is not None:
