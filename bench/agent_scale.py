@@ -2,14 +2,14 @@
 """The node agent at cluster scale: N nodes, P pods, K NetworkPolicies (default 100 / 3,000 / 50).
 
     sudo .venv/bin/python bench/agent_scale.py [--nodes 1000] [--pods 30000] [--policies 500]
-        [--idle 60] [--reactions 5] [--agent-root DIR]
+        [--idle 60] [--reactions 5] [--agent-root DIR] [--build dist/pycni [--adds 50]]
 
 In a throwaway node namespace (an underlay veth pair gives the other nodes' InternalIPs a
 connected network, so their routes install), a fake API server (tests/k8s_api.py: pages,
 bookmarks, 410 Gone as kube-apiserver) serves realistic objects: Pods of ~3 KB of JSON each
 (managedFields, ownerReferences, probes, volumes, conditions, container statuses), Nodes of
 ~4 KB (images, conditions), namespaces with labels, policies of five shapes. `pycni agent` runs
-with the DaemonSet's arguments (helper and metrics aside). Printed:
+with the DaemonSet's arguments (with --build: installing that build and hosting its helper). Printed:
 - converge: the time from start until routes (N-1 in the kernel), conflist and the first policy
   sync are in place; CPU of the agent to get there; peak RSS (VmHWM) and RSS;
 - idle CPU over --idle seconds (no changes), then over --idle seconds of status churn (Pods whose
@@ -18,6 +18,8 @@ with the DaemonSet's arguments (helper and metrics aside). Printed:
 - reactions, p50 / max over --reactions tries: node added (its route in the kernel), node
   deleted (route gone), a policy changed (the new port in the kernel's table), a new pod on
   another node matching a policy's peers (its address in the table);
+- with --build: the container's memory (agent + helper + the helper's children, sum of PSS)
+  at rest and at its peak under --adds ADDs at once through the helper;
 - SIGTERM while busy (during a restart's lists) and at rest: seconds until the agent exited;
 - restart: re-converge time, route changes the kernel saw meanwhile (`ip monitor route`),
   whether the conflist was rewritten.
@@ -290,6 +292,11 @@ def routes() -> dict[str, str]:
     return {line.split()[0]: line.split()[2] for line in out.splitlines() if " via " in line}
 
 
+def has_route(cidr: str) -> bool:
+    out = subprocess.run(["ip", "-4", "route", "show", "exact", cidr, "proto", "152"], capture_output=True, text=True)
+    return " via " in out.stdout
+
+
 def table() -> str:
     return subprocess.run(["nft", "list", "table", "inet", "pycni-policy"], capture_output=True, text=True).stdout
 
@@ -325,8 +332,14 @@ def inside(args) -> None:
     root = Path(args.agent_root).resolve() if args.agent_root else ROOT
     env = {**os.environ, "PYCNI_LOG_FILE": str(work / "agent.log"), "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "cni", "agent", "--node-name", ME, "--kubeconfig", api.kubeconfig(work / "kc"),
-           "--from", "none", "--conf-dir", str(work / "net.d"), "--data-dir", str(work / "ipam"),
-           "--policy-dir", str(work / "policy"), "--cluster-cidr", "10.64.0.0/10"]
+           "--conf-dir", str(work / "net.d"), "--data-dir", str(work / "ipam"),
+           "--policy-dir", str(work / "policy"), "--cluster-cidr", "10.64.0.0/10",
+           "--metrics-address", "127.0.0.1:9152"]
+    if args.build:           # as the DaemonSet: the build installed into the bin dir, its helper hosted
+        cmd += ["--from", str(Path(args.build).resolve()), "--bin-dir", str(work / "bin"),
+                "--helper", str(work / "helper.sock")]
+    else:
+        cmd += ["--from", "none"]
     conflist = work / "net.d" / "10-pycni.conflist"
 
     def start_and_converge(agent: Agent) -> float:
@@ -383,12 +396,12 @@ def inside(args) -> None:
         i = args.nodes + r
         api.put("nodes", node_obj(i))
         t0 = time.monotonic()
-        while node_cidr(i) not in routes():
+        while not has_route(node_cidr(i)):
             time.sleep(0.02)
         add.append(time.monotonic() - t0)
         api.delete("nodes", "", node_name(i))
         t0 = time.monotonic()
-        while node_cidr(i) in routes():
+        while has_route(node_cidr(i)):
             time.sleep(0.02)
         rm.append(time.monotonic() - t0)
     for r in range(args.reactions):
@@ -417,6 +430,9 @@ def inside(args) -> None:
     print(f"reactions over {args.reactions}: node added {p50max(add)}; node deleted {p50max(rm)}"
           + (f"; policy changed {p50max(pol)}; new pod matching a policy {p50max(newpod)}" if pol else ""), flush=True)
     cpu_all = agent.cpu()
+
+    if args.build and args.adds:
+        container_memory(agent, work, args.adds)
 
     requests = dict(sorted(api.requests.items()))
     print("API requests: " + ", ".join(f"{k} {what} {n}" for (k, what), n in requests.items()), flush=True)
@@ -451,6 +467,93 @@ def inside(args) -> None:
     api.close()
 
 
+def tree(pid: int) -> list[int]:
+    """pid and its descendants."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def pss_mb(pids: list[int]) -> float:
+    """What the processes hold together, each shared page counted once (the sum of their PSS:
+    close to what the container's memory cgroup is charged, page cache aside)."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total / 1024
+
+
+def container_memory(agent: Agent, work: Path, adds: int) -> None:
+    """`adds` pod ADDs at once through the hosted helper (then their DELs), the container's
+    processes (the agent, the helper, its children) sampled meanwhile."""
+    sock = work / "helper.sock"
+    deadline = time.monotonic() + 30
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    conf = json.loads((work / "net.d" / "10-pycni.conflist").read_text())
+    bin_dir = work / "bin"
+    pods = [f"{os.environ.get('PREFIX', 'pycni-agentscale')}-p{i}" for i in range(adds)]
+    for pod in pods:
+        subprocess.run(["ip", "netns", "add", pod], check=True)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            pids = tree(agent.proc.pid)
+            samples.append((pss_mb(pids), len(pids)))
+            time.sleep(0.02)
+
+    idle = pss_mb(tree(agent.proc.pid))
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    for command in ("ADD", "DEL"):
+        procs = []
+        for i, pod in enumerate(pods):
+            env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": f"bench{i}",
+                   "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir),
+                   "PYCNI_HELPER_SOCKET": str(sock),
+                   "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=bench{i}"}
+            p = subprocess.Popen([str(bin_dir / "pycni")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env)
+            p.stdin.write(json.dumps({**conf["plugins"][0], "name": conf["name"],
+                                      "cniVersion": conf["cniVersion"]}).encode())
+            p.stdin.close()
+            procs.append(p)
+        failed = [p for p in procs if p.wait() != 0]
+        if failed:
+            raise SystemExit(f"{len(failed)} {command}s failed: {failed[0].stdout.read()[:300]}")
+    took = time.monotonic() - t0
+    done.set()
+    th.join()
+    for pod in pods:
+        subprocess.run(["ip", "netns", "del", pod], check=False)
+    peak, procs_at_peak = max(samples)
+    print(f"container memory ({adds} ADDs at once through the helper, then their DELs, {took:.1f} s): agent + "
+          f"helper + children {idle:.0f} MB at rest, peak {peak:.0f} MB ({procs_at_peak} processes; sum of PSS); "
+          f"most processes at once {max(n for _, n in samples)}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=100)
@@ -460,6 +563,9 @@ def main() -> None:
     p.add_argument("--reactions", type=int, default=5)
     p.add_argument("--busy-after", type=float, default=2.0, help="SIGTERM this many seconds into a restart")
     p.add_argument("--agent-root", help="run the agent from this checkout (default: this one)")
+    p.add_argument("--build", help="a plugin build (dist/pycni) to install and host the helper of, as the "
+                                   "DaemonSet does (default: no install, no helper)")
+    p.add_argument("--adds", type=int, default=50, help="with --build: this many ADDs at once through the helper")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="pycni-agentscale")
     args = p.parse_args()
