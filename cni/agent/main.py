@@ -118,7 +118,9 @@ def run(args) -> int:
     return _follow_cluster(args, opts, on_change, metrics, helper)
 
 
-STOP_WAIT = 8.0     # seconds SIGTERM waits for a sync under way (the DaemonSet's grace period is 30)
+STOP_WAIT = 8.0     # seconds SIGTERM waits for a sync under way (the DaemonSet's grace period is 10)
+NODES_EVERY = 300.0     # the node's routes, conflist and masquerade rewritten at least this often
+NODES_CHECK = 60.0      # and this often a cheap look: is the masquerade table still there?
 
 
 def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -> int:
@@ -147,18 +149,29 @@ def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -
         loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers,
                    linger=args.pod_watch_linger)
 
+    syncing = threading.Lock()        # the watch's thread, and this one for the periodic sync
+
     def nodes_changed() -> None:
         try:
-            with writers.writing():
+            with writers.writing(), syncing:
                 on_change(follower.snapshot())
         except Stopping:
             pass
 
     from cni.agent.nodes import parse_node
 
+    on_change.every = NODES_EVERY     # events that change nothing of ours no longer reach it at all
     follower = Follower(cluster, "nodes", parse_node, nodes_changed, until=stopping.is_set).start()
-    while not stopping.wait(3600):
-        pass
+    while not stopping.wait(NODES_CHECK):
+        if not follower.listed:
+            continue
+        if on_change.last is not None and on_change.last.pod_networks and not _masquerade_present():
+            log.error("agent: the masquerade table is gone from the kernel: writing it again")
+            on_change.at = float("-inf")
+        try:
+            nodes_changed()        # a full sync when NODES_EVERY has passed (or the table went)
+        except Exception as e:     # as a failed sync on an event: the next try comes
+            log.error(f"agent: node sync failed: {type(e).__name__}: {e}")
     started = time.monotonic()
     clean = writers.close(STOP_WAIT)
     if helper is not None:
@@ -167,6 +180,13 @@ def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -
           + ("" if clean else " (a sync was still running: it is cut short; the next start redoes it)"), flush=True)
     sys.stdout.flush()
     os._exit(0)
+
+
+def _masquerade_present() -> bool:
+    from cni.firewall import nft
+
+    out = nft.transaction("list tables\n", check=False)
+    return out.returncode == 0 and f"table {host.TABLE}\n" in out.stdout.decode(errors="replace") + "\n"
 
 
 def _serve_metrics(args, opts: Options, conf_dir: Path):

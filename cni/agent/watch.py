@@ -109,6 +109,12 @@ class Follower:
                 return
             backoff = min(backoff * 2, 30.0)
 
+    def _notify(self) -> None:
+        try:
+            self.on_change()
+        except Exception as e:          # the consumer's failure (a sync): its next call retries
+            log.error(f"agent: after a change of {self.kind}: {type(e).__name__}: {e}")
+
     def _value(self, obj: dict):
         try:
             return self.parse(obj)
@@ -136,7 +142,7 @@ class Follower:
             return
         with self.lock:
             self.objects, self.listed, self.version = fresh, True, version
-        self.on_change()
+        self._notify()
 
     def _watch(self) -> None:
         conn = self.cluster.connect(self.watch_seconds + 30)   # silent for longer than that: dead
@@ -179,7 +185,7 @@ class Follower:
                         self.version = version
                 if old != value:
                     self.stats["changes"] += 1
-                    self.on_change()
+                    self._notify()
         finally:
             self._conn = None
             conn.close()

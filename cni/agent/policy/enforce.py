@@ -126,6 +126,14 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
     return out
 
 
+def table_present() -> bool:
+    """Is the policy table in the kernel? (A cheap look: the table names only.)"""
+    from cni.firewall import nft
+
+    out = nft.transaction("list tables\n", check=False)
+    return out.returncode == 0 and f"table {TABLE}\n" in out.stdout.decode(errors="replace") + "\n"
+
+
 def disable(state_dir: str) -> None:
     """Policies off (--no-network-policy after they were on): remove the table and the marker, so
     the plugin stops adding elements and nothing is filtered."""
