@@ -40,12 +40,8 @@ def write_conflist(conf: dict, conf_dir: Path, filename: str) -> bool:
 def current_routes(ipr) -> dict[IPNetwork, IPAddress]:
     found = {}
     for version in (4, 6):
-        for msg in ipr.routes(family(version)):
-            if msg["proto"] != RTPROT_PYCNI or msg["table"] != RT_TABLE_MAIN:
-                continue
-            dst, gw = msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY")
-            if dst and gw:
-                found[ipaddress.ip_network(f"{dst}/{msg['dst_len']}")] = ipaddress.ip_address(gw)
+        for dst, dst_len, gw in ipr.gateway_routes(family(version), RTPROT_PYCNI, RT_TABLE_MAIN):
+            found[ipaddress.ip_network((ipaddress.ip_address(dst), dst_len))] = ipaddress.ip_address(gw)
     return found
 
 
