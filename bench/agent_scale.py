@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -461,6 +462,8 @@ def inside(args) -> None:
           f"{'rewritten' if conflist.stat().st_mtime_ns != written else 'untouched'}; routes equal {routes() == before}; "
           f"peak RSS {agent.status('VmHWM')} MB", flush=True)
     agent.terminate()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"SUMMARY nodes={args.nodes} pods={args.pods} policies={args.policies} converge_s={converge:.1f} "
           f"cpu_converge_s={cpu_converge:.1f} peak_rss_mb={peak} idle_pct={idle * 100:.2f} churn_pct={churned * 100:.2f} "
           f"cpu_total_s={cpu_all:.1f} sigterm_busy_s={stopped_busy:.1f} reconverge_s={reconverge:.1f}", flush=True)
@@ -566,6 +569,7 @@ def main() -> None:
     p.add_argument("--build", help="a plugin build (dist/pycni) to install and host the helper of, as the "
                                    "DaemonSet does (default: no install, no helper)")
     p.add_argument("--adds", type=int, default=50, help="with --build: this many ADDs at once through the helper")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (agent.log, state) afterwards")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="pycni-agentscale")
     args = p.parse_args()
