@@ -224,10 +224,14 @@ def policy_obj(i: int, port: int = 80) -> dict:
 
 # ---------------------------------------------------------------------------- the agent, watched
 
+STARTED: list["Agent"] = []     # every agent this run started: none outlives it, whatever happens
+
+
 class Agent:
     def __init__(self, cmd: list[str], cwd: Path, env: dict):
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+        STARTED.append(self)
         self.lines: list[tuple[float, str]] = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -574,7 +578,13 @@ def main() -> None:
     p.add_argument("--prefix", default="pycni-agentscale")
     args = p.parse_args()
     if args.inside:
-        inside(args)
+        try:
+            inside(args)
+        finally:
+            for agent in STARTED:
+                if agent.proc.poll() is None:
+                    agent.proc.kill()
+                    agent.proc.wait()
     else:
         if os.geteuid() != 0:
             raise SystemExit("needs root (network namespaces)")
