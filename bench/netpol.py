@@ -5,7 +5,7 @@
 
 In a throwaway node namespace: a fake API server on the node's loopback (tests/k8s_api.py) serves
 the Node, 20 namespaces, the pods (all scheduled to this node) and the policies; `pycni agent`
-(the venv's, with the kubernetes client) enforces them. Printed: the agent's first sync (rules,
+(the venv's) enforces them. Printed: the agent's first sync (rules,
 elements, time), the time from a policy change at the API to the agent's report that the new
 table is committed (p50/max over --changes edits, each checked in the kernel), the pure compile
 and render time, and the plugin's ADD and DEL p50 with and without networkPolicy in the config,
@@ -150,10 +150,11 @@ def inside(args) -> None:
         print(f"kernel table: {rules} rules, {sets} sets, {elements} elements", flush=True)
 
         # the pure part at this size, for the breakdown
-        snapshot = {"pods": api.objects["pods"], "namespaces": api.objects["namespaces"],
-                    "networkpolicies": api.objects["networkpolicies"]}
+        snapshot = {k: api.objects(k) for k in ("pods", "namespaces", "networkpolicies")}
         t0 = time.perf_counter()
-        parsed = loop.parse_all(snapshot)
+        parsed = ([loop.policy_value(o) for o in snapshot["networkpolicies"].values()],
+                  [p for p in map(loop.parse_pod, snapshot["pods"].values()) if p is not None],
+                  dict(map(loop.parse_namespace, snapshot["namespaces"].values())))
         t1 = time.perf_counter()
         compiled = compile_policies(*parsed, node)
         t2 = time.perf_counter()

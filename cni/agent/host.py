@@ -47,13 +47,8 @@ Hop = tuple   # (gateway, index of the device it is on-link through, or 0: the k
 def current_routes(ipr) -> dict[IPNetwork, Hop]:
     found = {}
     for version in (4, 6):
-        for msg in ipr.routes(family(version)):
-            if msg["proto"] != RTPROT_PYCNI or msg["table"] != RT_TABLE_MAIN:
-                continue
-            dst, gw = msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY")
-            if dst and gw:
-                onlink = msg.get_attr("RTA_OIF") if msg["flags"] & RTNH_F_ONLINK else 0
-                found[ipaddress.ip_network(f"{dst}/{msg['dst_len']}")] = (ipaddress.ip_address(gw), onlink or 0)
+        for dst, dst_len, gw, onlink in ipr.gateway_routes(family(version), RTPROT_PYCNI, RT_TABLE_MAIN):
+            found[ipaddress.ip_network((ipaddress.ip_address(dst), dst_len))] = (ipaddress.ip_address(gw), onlink)
     return found
 
 

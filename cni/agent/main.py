@@ -52,6 +52,9 @@ def add_arguments(p) -> None:
                    help="do not enforce NetworkPolicy (on by default with the API; needs nftables)")
     p.add_argument("--policy-dir", default="/run/pycni/policy",
                    help="network policy state shared with the plugin (keep it on tmpfs)")
+    p.add_argument("--pod-watch-linger", type=float, default=60.0, metavar="SECONDS",
+                   help="keep watching Pods this long after the last NetworkPolicy is gone (Pods are "
+                        "watched only while a policy exists)")
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help="serve /metrics (Prometheus), /healthz and /readyz there (e.g. 0.0.0.0:9152)")
     p.add_argument("--calls-file", metavar="PATH",
@@ -121,15 +124,15 @@ def run(args) -> int:
     conf_dir = Path(args.conf_dir)
 
     metrics = _serve_metrics(args, opts, conf_dir)
-    publish = None if args.nodes_file else tunnel_host.publisher(args.node_name)
+    publish = None if args.nodes_file else tunnel_host.publisher(args.node_name, args.kubeconfig)
     on_change = Syncer(args.node_name, opts,
                        lambda state: tunnel_host.published(state, publish, host.apply(
                            state, conf_dir, args.conf_name, args.peers_file, metrics)),
                        metrics=metrics, probe=partial(tunnel_host.probe_now, args.node_name, opts.tunnel))
     helper = _host_helper(args)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
-    try:
-        if args.nodes_file:
+    if args.nodes_file:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the helper is stopped on the way out
+        try:
             with open(args.nodes_file, encoding="utf-8") as f:
                 nodes = parse_node_list(json.load(f))
             try:
@@ -141,20 +144,99 @@ def run(args) -> int:
             if helper is not None or metrics is not None:
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
+        finally:
+            if helper is not None:
+                helper.stop()
+    return _follow_cluster(args, opts, on_change, metrics, helper)
+
+
+STOP_WAIT = 8.0     # seconds SIGTERM waits for a sync under way (the DaemonSet's grace period is 10)
+NODES_EVERY = 300.0     # the node's routes, conflist and masquerade rewritten at least this often
+NODES_CHECK = 60.0      # and this often a cheap look: is the masquerade table still there?
+
+
+def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -> int:
+    """Follow the API (Nodes; and NetworkPolicy's kinds) until SIGTERM or SIGINT; then let the
+    sync under way finish (at most STOP_WAIT s), stop the helper and exit at once, leaving the
+    threads that wait on the API behind."""
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    import threading
+
+    from cni.agent import kube
+    from cni.agent.shutdown import Stopping, Writers
+    from cni.agent.watch import Follower
+
+    _few_malloc_arenas()
+    stopping = threading.Event()
+    writers = Writers()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        cluster = kube.load(args.kubeconfig)
+    except (kube.ConfigError, OSError, ValueError) as e:
+        log.error(f"agent: the API: {e}")
+        print(f"pycni agent: the API: {e}", flush=True)
+        return 1
+    if opts.policy_dir:
         # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
-        from cni.agent.watch import follow, load_config
+        from cni.agent.policy import loop
 
-        if opts.policy_dir:
-            # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
-            from cni.agent.policy import loop
+        loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers,
+                   linger=args.pod_watch_linger)
 
-            load_config(args.kubeconfig)
-            loop.start(args.node_name, opts.policy_dir, metrics=metrics)
-        follow(on_change, args.kubeconfig)
-        return 0
-    finally:
-        if helper is not None:
-            helper.stop()
+    syncing = threading.Lock()        # the watch's thread, and this one for the periodic sync
+
+    def nodes_changed() -> None:
+        try:
+            with writers.writing(), syncing:
+                on_change(follower.snapshot())
+        except Stopping:
+            pass
+
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    from cni.agent.nodes import parse_node
+
+    on_change.every = NODES_EVERY     # events that change nothing of ours no longer reach it at all
+    follower = Follower(cluster, "nodes", parse_node, nodes_changed, until=stopping.is_set).start()
+    while not stopping.wait(NODES_CHECK):
+        if not follower.listed:
+            continue
+        if on_change.last is not None and on_change.last.pod_networks and not _masquerade_present():
+            log.error("agent: the masquerade table is gone from the kernel: writing it again")
+            on_change.at = float("-inf")
+        try:
+            nodes_changed()        # a full sync when NODES_EVERY has passed (or the table went)
+        except Exception as e:     # as a failed sync on an event: the next try comes
+            log.error(f"agent: node sync failed: {type(e).__name__}: {e}")
+    started = time.monotonic()
+    clean = writers.close(STOP_WAIT)
+    if helper is not None:
+        helper.stop(timeout=max(0.5, STOP_WAIT - (time.monotonic() - started)))
+    print(f"agent: stopped in {time.monotonic() - started:.1f} s"
+          + ("" if clean else " (a sync was still running: it is cut short; the next start redoes it)"), flush=True)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _few_malloc_arenas() -> None:
+    """glibc gives each thread that allocates at once an arena of its own (up to 8 per core) and
+    returns their free memory to the system late: the watch threads' parsing left ~5 MB more
+    resident at 1,000 nodes (bench/agent_scale.py). Two arenas, set before the threads start."""
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, 2)        # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass                                    # not glibc: its allocator, its rules
+
+
+def _masquerade_present() -> bool:
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    from cni.firewall import nft
+
+    out = nft.transaction("list tables\n", check=False)
+    return out.returncode == 0 and f"table {host.TABLE}\n" in out.stdout.decode(errors="replace") + "\n"
 
 
 def _serve_metrics(args, opts: Options, conf_dir: Path):

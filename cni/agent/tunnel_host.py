@@ -14,8 +14,10 @@ from typing import Any, Iterable
 
 from cni.spec.log import log
 from cni.linux import vxlan
-from cni.linux.links import addresses_of, attr, family, open_rtnl
+from cni.linux import links
+from cni.linux.links import addresses_of, attr, family
 from cni.linux.rtnl import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, RT_TABLE_MAIN, NetlinkError
+from cni.agent import kube
 from cni.agent.tunnel import ANNOTATION_MAC, Device, Facts, Overlay, Reach, TunnelOptions, underlay_addresses
 
 DEFAULT_PEERS_FILE = "/run/pycni/peers.json"
@@ -230,7 +232,7 @@ def write_peers(path: str, record: dict) -> None:
 # ------------------------------------------------------------------ the agent's wiring
 
 def check(opts: TunnelOptions) -> None:
-    ipr = open_rtnl()
+    ipr = links.open_rtnl()
     try:
         require_kernel(ipr, opts)
     finally:
@@ -238,21 +240,22 @@ def check(opts: TunnelOptions) -> None:
 
 
 def probe_now(me: str, opts: TunnelOptions, nodes: list) -> Facts:
-    ipr = open_rtnl()
+    ipr = links.open_rtnl()
     try:
         return probe(ipr, me, nodes, opts)
     finally:
         ipr.close()
 
 
-def publisher(node: str):
+def publisher(node: str, kubeconfig: str | None):
     """A call that sets this node's VTEP MAC annotation through the API (a merge patch of the
     Node's metadata, as flannel publishes its backend data)."""
-    def publish(mac: str) -> None:
-        from kubernetes import client  # lazy: the Kubernetes client, loaded by the watch already
+    clusters = []
 
-        client.CoreV1Api().patch_node(node, {"metadata": {"annotations": {ANNOTATION_MAC: mac}}},
-                                      _content_type="application/merge-patch+json")
+    def publish(mac: str) -> None:
+        if not clusters:
+            clusters.append(kube.load(kubeconfig))
+        clusters[0].merge_patch(f"/api/v1/nodes/{node}", {"metadata": {"annotations": {ANNOTATION_MAC: mac}}})
         log.info(f"agent: published {ANNOTATION_MAC}={mac} on node {node}")
 
     return publish

@@ -146,6 +146,38 @@ def _unregistered(chunk: bytes, seq: int, index: int) -> bool:
     return False
 
 
+_RTMSG = struct.Struct("BBBBBBBBI")     # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTA = struct.Struct("HH")
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTNH_F_ONLINK = 0x4                 # a route whose gateway is on-link through its device (the agent's tunnel routes)
+
+
+def _gateway_route(data: bytes, start: int, end: int, proto: int, table: int) -> tuple[bytes, int, bytes, int] | None:
+    _, dst_len, _, _, rtm_table, rtm_proto, _, _, flags = _RTMSG.unpack_from(data, start)
+    if rtm_proto != proto:
+        return None
+    dst = gateway = None
+    oif = 0
+    i = start + _RTMSG.size
+    while i + _RTA.size <= end:
+        alen, atype = _RTA.unpack_from(data, i)
+        if alen < _RTA.size:
+            break
+        value = data[i + _RTA.size:i + alen]
+        if atype == RTA_DST:
+            dst = value
+        elif atype == RTA_GATEWAY:
+            gateway = value
+        elif atype == RTA_OIF:
+            oif = struct.unpack("I", value[:4])[0]
+        elif atype == RTA_TABLE:
+            rtm_table = struct.unpack("I", value[:4])[0]
+        i += (alen + 3) & ~3
+    if rtm_table != table or dst is None or gateway is None:
+        return None
+    return dst, dst_len, gateway, oif if flags & RTNH_F_ONLINK else 0
+
+
 class Rtnl:
     """One netlink socket, bound to the network namespace it was opened in."""
 
@@ -418,3 +450,32 @@ class Rtnl:
 
     def routes(self, family: int) -> list:
         return self._request(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, {"family": family}, [])
+
+    def gateway_routes(self, family: int, proto: int, table: int = RT_TABLE_MAIN) -> list[tuple[bytes, int, bytes, int]]:
+        """(destination, prefix length, gateway, the device's index when the route is on-link
+        through it, else 0) of the routes of routing protocol `proto` in
+        `table`, addresses as packed bytes. Read straight off the dump (a node agent's 3,000
+        routes decoded by pyroute2 cost ~0.6 s and ~30 MB of objects; this, a few ms); the kernel
+        filters by protocol and table where it can (strict dumps), and every message is checked."""
+        self.sock.send(self._encode(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
+                                    {"family": family, "proto": proto, "table": table}, []))
+        out = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset < len(data):
+                length, kind, _, seq, _ = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise NetlinkError(71, "malformed netlink message")   # EPROTO
+                if seq == self.seq:
+                    if kind == NLMSG_ERROR:
+                        err = struct.unpack_from("i", data, offset + _HDR.size)[0]
+                        if err:
+                            raise NetlinkError(-err)
+                        return out
+                    if kind == NLMSG_DONE:
+                        return out
+                    route = _gateway_route(data, offset + _HDR.size, offset + length, proto, table)
+                    if route is not None:
+                        out.append(route)
+                offset += (length + 3) & ~3

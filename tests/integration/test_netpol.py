@@ -1,6 +1,6 @@
 """NetworkPolicy enforced by `pycni agent`, probed with real traffic: the multi-node simulation
 (two node namespaces on an underlay), an agent in each node talking to a fake API server over
-HTTP with the official client, namespaces x, y, z with pods a, b, c spread over both nodes, each
+HTTP, namespaces x, y, z with pods a, b, c spread over both nodes, each
 pod serving TCP and UDP on ports 80 and 81. Every case probes every pair on every port and
 compares with a truth table written out by hand from the Kubernetes semantics (the cases mirror
 test/e2e/network/netpol/network_policy.go upstream)."""

@@ -1,6 +1,6 @@
-"""The agent's list + watch loop (cni.agent.watch.follow) against a fake API server on loopback:
-the official client lists the Nodes, then applies watch events (ADDED, MODIFIED, DELETED) and
-re-lists when the API says 410 Gone."""
+"""The agent's list + watch loop (cni.agent.watch.follow) against a minimal API server on
+loopback: the agent's client lists the Nodes, then applies watch events (ADDED, MODIFIED, DELETED)
+and re-lists when the API says 410 Gone."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
-pytest.importorskip("kubernetes")
-
-from cni.agent.watch import follow  # noqa: E402
-from tests.k8s_nodes import node_list, node_object  # noqa: E402
+from cni.agent import kube
+from cni.agent.watch import follow
+from tests.k8s_nodes import node_list, node_object
 
 
 def node(name, cidr, rv="1"):
@@ -75,7 +72,7 @@ def test_list_watch_and_relist(tmp_path):
         seen.append({n.name: str(n.pod_cidrs[0]) for n in nodes})
 
     try:
-        follow(on_change, str(kubeconfig), stop=lambda: len(seen) >= 6)
+        follow(on_change, kube.from_kubeconfig(str(kubeconfig)), until=lambda: len(seen) >= 6)
     finally:
         server.shutdown()
     assert seen[0] == {"a": "10.244.0.0/24", "b": "10.244.1.0/24"}                        # list

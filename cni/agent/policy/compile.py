@@ -135,8 +135,12 @@ class _Cluster:
     def __init__(self, pods: Iterable[Pod], namespaces: Mapping[str, Mapping[str, str]]):
         self.pods = list(pods)
         self.by_ns: dict[str, list[tuple[Pod, dict[str, str]]]] = {}
+        maps: dict[tuple, dict[str, str]] = {}      # pods alike in labels share one map
         for p in self.pods:
-            self.by_ns.setdefault(p.namespace, []).append((p, p.label_map))
+            labels = maps.get(p.labels)
+            if labels is None:
+                labels = maps[p.labels] = p.label_map
+            self.by_ns.setdefault(p.namespace, []).append((p, labels))
         self.ns_labels = {ns: dict(namespaces.get(ns) or {}) for ns in self.by_ns}
         for ns, labels in self.ns_labels.items():
             labels.setdefault(NAME_LABEL, ns)

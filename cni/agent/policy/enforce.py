@@ -97,7 +97,9 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
         known = {p.key: p for p in pods}
         merged = [dataclasses.replace(p, ips=tuple(recorded[p.key]), node=node) if p.key in recorded else p
                   for p in pods]
-        unknown = {k for k in recorded if k not in known}
+        # a pod the API has not told us of is denied until classified, but only while some
+        # policy exists: without one nothing is isolated (and Pods are not even watched)
+        unknown = {k for k in recorded if k not in known} if policies else set()
         pending: dict[int, list[str]] = {4: [], 6: []}
         for k in unknown:
             for ip in recorded[k]:
@@ -113,13 +115,19 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
                       set(namespaces) - compiled.isolating_namespaces)
         for name, rec in records.items():
             key = tuple(rec["pod"])
-            members = compiled.members.get(key, []) if key in known else PENDING
+            members = PENDING if key in unknown else compiled.members.get(key, [])
             elements = elements_of(members, [ipaddress.ip_address(a) for a in rec.get("ips") or ()])
             if rec.get("elements") != elements:
                 write_json(os.path.join(state_dir, "attachments", name), {**rec, "elements": elements})
     out = Outcome(compiled, sum(map(len, pending.values())), time.monotonic() - started)
     log.info(out.summary())
     return out
+
+
+def table_present() -> bool:
+    """Is the policy table in the kernel? (A cheap look: the table names only.)"""
+    out = nft.transaction("list tables\n", check=False)
+    return out.returncode == 0 and f"table {TABLE}\n" in out.stdout.decode(errors="replace") + "\n"
 
 
 def disable(state_dir: str) -> None:

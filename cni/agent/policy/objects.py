@@ -13,6 +13,7 @@ Defaults that matter (networking/v1):
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -77,8 +78,10 @@ class Policy:
     egress: tuple[Rule, ...] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
+    """What the agent keeps of a Pod (30,000 of them at cluster scale): repeated strings
+    (namespaces, node names, label keys and values) are interned, so each is held once."""
     namespace: str
     name: str
     labels: tuple[tuple[str, str], ...]
@@ -96,28 +99,38 @@ class Pod:
 
 
 def _meta(obj: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], str]:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta["name"]:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         raise PolicyError(f"a {kind} without metadata.name")
     return meta, meta["name"]
 
 
+_SHARED: dict = {}        # one copy of each label set and port list many pods have alike
+
+
+def _shared(value):
+    """`value`, or the equal one already held (replicas of one Deployment share their labels)."""
+    if len(_SHARED) > 200_000:     # a bound: label sets unique per pod would grow it forever
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)
+
+
 def _labels(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     labels = meta.get("labels") or {}
-    if not isinstance(labels, Mapping):
+    if not isinstance(labels, dict):
         raise PolicyError(f"{meta.get('name')}: labels must be an object")
-    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    return _shared(tuple(sorted((sys.intern(str(k)), sys.intern(str(v))) for k, v in labels.items())))
 
 
 def parse_selector(obj: Any, where: str) -> Selector:
     if obj is None:
         obj = {}
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise PolicyError(f"{where}: a label selector must be an object")
     labels = obj.get("matchLabels") or {}
     exprs = []
     for e in obj.get("matchExpressions") or ():
-        op = e.get("operator") if isinstance(e, Mapping) else None
+        op = e.get("operator") if isinstance(e, dict) else None
         if op not in ("In", "NotIn", "Exists", "DoesNotExist") or not isinstance(e.get("key"), str):
             raise PolicyError(f"{where}: unsupported selector expression {e!r}")
         exprs.append((e["key"], op, tuple(str(v) for v in e.get("values") or ())))
@@ -143,7 +156,7 @@ def _block(obj: Mapping[str, Any], where: str) -> tuple[IPNetwork, ...]:
 
 
 def _peer(obj: Any, where: str) -> Peer | None:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise PolicyError(f"{where}: a peer must be an object")
     if obj.get("ipBlock") is not None:
         return Peer(block=_block(obj["ipBlock"], where))
@@ -155,7 +168,7 @@ def _peer(obj: Any, where: str) -> Peer | None:
 
 
 def _port(obj: Any, where: str) -> Port:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise PolicyError(f"{where}: a port must be an object")
     proto = PROTOCOLS.get(obj.get("protocol") or "TCP")
     if proto is None:
@@ -176,7 +189,7 @@ def _port(obj: Any, where: str) -> Port:
 def _rules(items: Any, peers_key: str, where: str) -> tuple[Rule, ...]:
     out = []
     for i, r in enumerate(items or ()):
-        if not isinstance(r, Mapping):
+        if not isinstance(r, dict):
             raise PolicyError(f"{where}[{i}]: a rule must be an object")
         raw_peers, raw_ports = r.get(peers_key) or [], r.get("ports") or []
         peers = tuple(p for p in (_peer(x, f"{where}[{i}].{peers_key}") for x in raw_peers) if p is not None)
@@ -190,7 +203,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     ns = meta.get("namespace") or "default"
     where = f"networkpolicy {ns}/{name}"
     spec = obj.get("spec") or {}
-    if not isinstance(spec, Mapping):
+    if not isinstance(spec, dict):
         raise PolicyError(f"{where}: spec must be an object")
     types = spec.get("policyTypes") or []
     if not types:
@@ -210,7 +223,7 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod | None:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     if spec.get("hostNetwork") or status.get("phase") in ("Succeeded", "Failed"):
         return None
-    texts = [p.get("ip") for p in status.get("podIPs") or () if isinstance(p, Mapping)]
+    texts = [p.get("ip") for p in status.get("podIPs") or () if isinstance(p, dict)]
     if not texts and status.get("podIP"):
         texts = [status["podIP"]]
     try:
@@ -220,10 +233,10 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod | None:
     ports = []
     for c in list(spec.get("containers") or ()) + list(spec.get("initContainers") or ()):
         for p in (c or {}).get("ports") or ():
-            if isinstance(p, Mapping) and p.get("name") and isinstance(p.get("containerPort"), int):
-                ports.append((p["name"], PROTOCOLS.get(p.get("protocol") or "TCP", "tcp"), p["containerPort"]))
-    return Pod(meta.get("namespace") or "default", name, _labels(meta), spec.get("nodeName") or "",
-               ips, tuple(ports))
+            if isinstance(p, dict) and p.get("name") and isinstance(p.get("containerPort"), int):
+                ports.append((sys.intern(p["name"]), PROTOCOLS.get(p.get("protocol") or "TCP", "tcp"), p["containerPort"]))
+    return Pod(sys.intern(meta.get("namespace") or "default"), name, _labels(meta),
+               sys.intern(spec.get("nodeName") or ""), ips, _shared(tuple(ports)))
 
 
 def parse_namespace(obj: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
