@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def run_all(args) -> None:
         if helper is not None:
             helper.terminate()
             helper.wait()
+        shutil.rmtree(work, ignore_errors=True)
     p50 = {k: statistics.median(v) for k, v in walls.items()}
     print()
     print(f"ADD with and without shaping, {args.rounds} each, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
