@@ -113,8 +113,9 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes, payload: bytes) 
     if msg != ACK or len(fds) != 1:
         for fd in fds:
             os.close(fd)
+        if msg == CANNOT:
+            raise CannotServe("the helper cannot enter this process's namespaces")
         raise ConnectionError("the helper is of another build" if msg == NOT_MINE else
-                              "the helper cannot enter this process's namespaces" if msg == CANNOT else
                               "the helper did not acknowledge the call")
     try:
         sock.settimeout(_left(deadline))
@@ -131,6 +132,10 @@ def _left(deadline: float) -> float:
     if remaining <= 0:
         raise TimeoutError("the helper did not take the call in time")
     return remaining
+
+
+class CannotServe(ConnectionError):
+    """The helper's child could not take on this process's namespaces (no CAP_SYS_ADMIN)."""
 
 
 class Untrusted(PermissionError):
@@ -259,6 +264,7 @@ def forward(plugin: str, env, stdin, stdout, run_here) -> int | None:
     except (OSError, ConnectionError, ValueError) as e:
         not_taken = f"{type(e).__name__}: {e}"
         fallback = ("untrusted" if isinstance(e, Untrusted) else
+                    "cannot_serve" if isinstance(e, CannotServe) else
                     "timeout" if isinstance(e, TimeoutError) else
                     "unavailable" if isinstance(e, (ConnectionRefusedError, FileNotFoundError)) else
                     "refused" if isinstance(e, ValueError) else "error")

@@ -61,7 +61,7 @@ def test_a_helper_without_cap_sys_admin_hands_every_call_back(node):
         add = node.pycni("ADD", conf, pod, cid="nocap")
         assert add.rc == 0, add.out
         assert served_by_helper(node) == 0
-        assert calls_log(node)[-1][6:] == ["process", "error"], calls_log(node)
+        assert calls_log(node)[-1][6:] == ["process", "cannot_serve"], calls_log(node)
         assert node.pycni("STATUS", conf).rc == 0
         assert "in use" not in status_line(node) and "cannot enter" in status_line(node), status_line(node)
         conflist = node.tmp / "net.conflist"
