@@ -1,4 +1,8 @@
-"""Running another CNI plugin (a delegated IPAM) exactly as libcni does: env + stdin, parse stdout."""
+"""Running another CNI plugin (a delegated IPAM) exactly as libcni does: env + stdin, parse stdout.
+
+The plugin runs only as long as the process that runs it (PR_SET_PDEATHSIG, cni.linux.children):
+a runtime that kills pycni mid-ADD runs DEL next, and a delegated ADD still going then would
+reserve an address after that DEL released the attachment's (a leak)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import subprocess
 from typing import Mapping
 
+from cni.linux.children import tied_to_me
 from cni.spec.errors import CNIError, InvalidConfig
 from cni.spec.log import log
 
@@ -37,7 +42,8 @@ def exec_plugin(plugin_type: str, command: str, env: Mapping[str, str], path: tu
     child_env["CNI_COMMAND"] = command
     log.debug(f"delegating {command} to {exe}")
     try:
-        proc = subprocess.run([exe], input=stdin, env=child_env, capture_output=True, timeout=DELEGATE_TIMEOUT)
+        proc = subprocess.run([exe], input=stdin, env=child_env, capture_output=True, timeout=DELEGATE_TIMEOUT,
+                              preexec_fn=tied_to_me())
     except subprocess.TimeoutExpired:
         raise CNIError(f"plugin {plugin_type} did not answer {command}",
                        f"{exe} ran for over {DELEGATE_TIMEOUT:g}s and was killed") from None

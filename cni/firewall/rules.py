@@ -66,8 +66,11 @@ def _flush_udp(spec: FirewallSpec) -> None:
 
 
 def _present_backends() -> list[str]:
+    """The backends that may hold rules of ours and can be reached: whatever PATH holds (an ADD
+    may have run with another PATH, or through the helper), nftables is looked at through its
+    library when it loads, else through the `nft` program."""
     present = []
-    if _on_path("nft"):
+    if _on_path("nft") or _backend(NFT)._library() is not None:
         present.append(NFT)
     if legacy_tables(4) or legacy_tables(6):
         present.append(IPT)

@@ -13,17 +13,21 @@ The files live in a `calls/` directory beside the helper's socket (default /run/
 tmpfs); they are never removed (removing a lock file someone waits on breaks the lock), and there
 are at most STRIPES of them. Two attachments that share a stripe merely take turns. Nested calls
 (the IPAM plugin a bridge ADD delegates to) take no lock, so a process chain holds at most one.
-Where the directory cannot be made (read-only /run, no rights), calls run unserialised, as before.
+Where the directory cannot be made (read-only /run, no rights), calls run unserialised, as before;
+so they do where it is not root's alone (someone else could write it: their symlinks and flocks
+must not steer or stall root's calls; the client hands no call to a helper beside it either).
+Lock files are opened without following a symlink.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from contextlib import contextmanager
 
 from cni.linux import flock
-from cni.runtime.client import socket_path
+from cni.runtime.client import WRITABLE_BY_OTHERS, socket_path
 from cni.spec.errors import TryAgainLater
 from cni.spec.log import log
 
@@ -36,13 +40,36 @@ def lock_path(env, plugin: str, network: str, container_id: str, ifname: str) ->
     return os.path.join(os.path.dirname(socket_path(env)), "calls", f"{key:03x}")
 
 
+class Untrusted(Exception):
+    pass
+
+
+def _open_lock(path: str) -> int:
+    """The lock file's fd; Untrusted when its directory (or the file) is not root's alone."""
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    for where in (os.path.dirname(d), d):
+        st = os.lstat(where)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & WRITABLE_BY_OTHERS:
+            raise Untrusted(f"{where} is not a directory only root can write")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+        os.close(fd)
+        raise Untrusted(f"{path} is not a file of root's")
+    return fd
+
+
 @contextmanager
 def one_call_per_attachment(env, plugin: str, network: str, container_id: str, ifname: str,
                             wait: float = WAIT_SECONDS):
     path = lock_path(env, plugin, network, container_id, ifname)
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(path)
+    except Untrusted as e:
+        log.warning(f"not serialised with other calls of this attachment: {e}")
+        yield
+        return
     except OSError as e:
         log.debug(f"not serialised with other calls of this attachment: {path}: {e.strerror}")
         yield

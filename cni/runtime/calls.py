@@ -7,7 +7,10 @@ process that answered the runtime, to `calls.log` beside the helper's socket (de
 `code` is 0 or the CNI error code; `seconds` the call as the runtime's process saw it (from the
 entry point to the answer, the interpreter's own start excluded); the reason says why a call ran
 in process: disabled (PYCNI_HELPER=0), no_helper, unavailable, timeout, refused, error (the hand-
-over failed) or failed_mid_call (the helper died during a DEL/CHECK, rerun here).
+over failed), cannot_serve (the helper could not enter the caller's namespaces), untrusted (the
+socket, its directory or its listener not root's alone), oversized (more stdin than a call may
+have) or failed_mid_call (the helper died during a DEL/CHECK, rerun here). The file is opened
+without following a symlink.
 
 Rule: recording never fails or slows a call: one open(O_APPEND) + write + close (~30 us); a line
 is far below PIPE_BUF, so lines of concurrent calls never interleave; nothing is written when the
@@ -23,7 +26,8 @@ import time
 from cni.runtime.client import socket_path
 
 MAX_BYTES = 16 << 20
-REASONS = ("disabled", "no_helper", "unavailable", "timeout", "refused", "error", "failed_mid_call")
+REASONS = ("disabled", "no_helper", "unavailable", "timeout", "refused", "error", "cannot_serve", "untrusted",
+           "oversized", "failed_mid_call")
 
 
 def path_for(env) -> str:
@@ -33,7 +37,8 @@ def path_for(env) -> str:
 def record(env, plugin: str, command: str, code: int, seconds: float, served: str, reason: str = "-") -> None:
     line = f"1 {time.time():.3f} {plugin} {command} {code} {seconds:.6f} {served} {reason or '-'}\n"
     try:
-        fd = os.open(path_for(env), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path_for(env), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
     except OSError:
         return
     try:

@@ -13,13 +13,19 @@ The hand-over, so that a call is carried out exactly once whatever the helper do
     GO                        ------------>  only now does the child start the call
                               <------------  result
 
-- No ACK within HANDOVER_TIMEOUT (helper absent, stopped, hung, overloaded, of another protocol):
-  the client closes the connection and runs the call in process. The child, if it ever wakes,
+- No ACK within HANDOVER_TIMEOUT (helper absent, stopped, hung, overloaded, of another protocol,
+  or its child could not enter this process's namespaces and working directory, which it does
+  before the ACK): the client closes the connection and runs the call in process. The child, if it ever wakes,
   finds no GO and does nothing: an unacknowledged call can never be run by the helper later.
 - After GO the call is the helper's. If the answer does not come within CALL_TIMEOUT, or the child
   dies, the client kills the child through its pidfd (so it can never go on after the caller gave
   up); ADD then answers code 11 (the runtime DELs and retries), the other verbs, which are
   idempotent, run again in process. The helper also kills a child whose caller went away.
+
+Whom a call is handed to: only a listener that is root (SO_PEERCRED, checked before anything is
+sent), on a root-owned socket in a root-owned directory nobody else can write; else the call runs
+in process (reason "untrusted"). What is handed over is bounded as in process: at most MAX_STDIN + 1
+bytes of stdin are read; a larger config is answered (code 5) in process from what was read.
 
 Rule: this module imports only modules that cost nothing to import: the interpreter's C modules
 (`_socket`, not `socket`, which pulls in `enum` and `selectors`; `marshal`, not `json`, for the
@@ -39,6 +45,8 @@ HANDOVER_TIMEOUT = 1.0      # connect, send, acknowledgement: all a call can los
 CALL_TIMEOUT = 110.0        # a call the helper took: below the kubelet's 2-minute request deadline
 ACK, GO = b"ACK1", b"GO01"
 NOT_MINE = b"NAK1"          # the helper is of another build: the caller runs the call itself
+CANNOT = b"CNT1"            # the helper's child cannot enter the caller's namespaces (no CAP_SYS_ADMIN)
+MAX_STDIN = 16 * 1024 * 1024    # cni.spec.stdin.MAX_STDIN (not imported: the rule below; a test checks)
 INFO = b"INF1"              # the answer to a probe (STATUS): the helper's pid
 served_by_helper = 0        # in a helper's child: the helper's pid (this call is the helper's)
 not_taken = ""              # why the helper did not take this call, when it did not
@@ -60,17 +68,21 @@ def socket_path(env) -> str:
     return env.get("PYCNI_HELPER_SOCKET") or DEFAULT_SOCKET
 
 
-S_IFSOCK, S_IFMT = 0o140000, 0o170000
+S_IFSOCK, S_IFDIR, S_IFMT = 0o140000, 0o040000, 0o170000
+WRITABLE_BY_OTHERS = 0o022
 
 
 def _recv_exact(sock: _socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
+    """Exactly `n` bytes, received into one buffer (no copy per chunk)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
             raise ConnectionError("helper closed the connection")
-        buf += chunk
-    return buf
+        got += k
+    return bytes(buf) if n < 4096 else buf
 
 
 def _in_process(run_here, plugin: str, env, data: bytes, stdout) -> int:
@@ -90,19 +102,21 @@ def _kill(pidfd: int | None) -> None:
         pass                    # already gone
 
 
-def _hand_over(sock: _socket.socket, path: str, request: bytes) -> int:
+def _hand_over(sock: _socket.socket, path: str, request: bytes, payload: bytes) -> int:
     """Connect, send, wait for the acknowledgement, commit with GO; the child's pidfd. Raises on
     anything that goes wrong before GO is sent (then the helper will never run the call)."""
     deadline = time.monotonic() + HANDOVER_TIMEOUT
-    _send_request(sock, path, request, deadline)
+    _send_request(sock, path, request, deadline, payload)
     msg, anc, _, _ = sock.recvmsg(len(ACK), _socket.CMSG_SPACE(4))
     fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4]
     if msg != ACK or len(fds) != 1:
         for fd in fds:
             os.close(fd)
-        raise ConnectionError("the helper is of another build" if msg == NOT_MINE
-                              else "the helper did not acknowledge the call")
+        if msg == CANNOT:
+            raise CannotServe("the helper cannot enter this process's namespaces")
+        raise ConnectionError("the helper is of another build" if msg == NOT_MINE else
+                              "the helper did not acknowledge the call")
     try:
         sock.settimeout(_left(deadline))
         sock.sendall(GO)
@@ -120,31 +134,64 @@ def _left(deadline: float) -> float:
     return remaining
 
 
-def _send_request(sock: _socket.socket, path: str, request: bytes, deadline: float) -> None:
+class CannotServe(ConnectionError):
+    """The helper's child could not take on this process's namespaces (no CAP_SYS_ADMIN)."""
+
+
+class Untrusted(PermissionError):
+    """The socket, its directory or its listener is not root's alone: nothing is handed over."""
+
+
+def _peer_uid(sock: _socket.socket) -> int:
+    return struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[1]
+
+
+def _send_request(sock: _socket.socket, path: str, request: bytes, deadline: float, payload: bytes = b"") -> None:
     sock.settimeout(_left(deadline))
     sock.connect(path)
-    # the call runs where we are: in our network and mount namespaces (paths resolve as here)
-    netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    uid = _peer_uid(sock)       # before anything of ours (env, stdin, namespaces) leaves
+    if uid != 0:
+        raise Untrusted(f"the listener on {path} is uid {uid}, not root")
+    # the call runs where and as we are: in our network and mount namespaces (paths resolve as
+    # here), from our working directory
+    fds = []
     try:
-        mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sock.settimeout(_left(deadline))
-            sock.sendmsg([struct.pack("!I", len(request))],
-                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("2i", netns, mntns))])
-        finally:
-            os.close(mntns)
+        for where, flags in (("/proc/self/ns/net", os.O_RDONLY), ("/proc/self/ns/mnt", os.O_RDONLY),
+                             (".", os.O_PATH | os.O_DIRECTORY)):
+            fds.append(os.open(where, flags | os.O_CLOEXEC))
+        sock.settimeout(_left(deadline))
+        sock.sendmsg([struct.pack("!I", len(request))],
+                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
     finally:
-        os.close(netns)
+        for fd in fds:
+            os.close(fd)
     sock.settimeout(_left(deadline))
     sock.sendall(request)
+    if payload:
+        sock.sendall(payload)
     sock.settimeout(_left(deadline))
 
 
-def _is_socket(path: str) -> bool:
+def _untrusted(path: str) -> str:
+    """Why the socket at `path` must not be used ("" when it is a socket that root alone could
+    have put there: root-owned, in a root-owned directory no one else can write); "missing" when
+    there is no socket."""
     try:
-        return os.lstat(path).st_mode & S_IFMT == S_IFSOCK
+        st = os.lstat(path)
     except OSError:
-        return False
+        return "missing"
+    if st.st_mode & S_IFMT != S_IFSOCK:
+        return "missing"        # something else in its place: no helper
+    if st.st_uid != 0:
+        return f"{path} is owned by uid {st.st_uid}"
+    d = os.path.dirname(path) or "."
+    try:
+        dst = os.lstat(d)
+    except OSError as e:
+        return f"{d}: {e.strerror}"
+    if dst.st_mode & S_IFMT != S_IFDIR or dst.st_uid != 0 or dst.st_mode & WRITABLE_BY_OTHERS:
+        return f"{d} is not a directory only root can write"
+    return ""
 
 
 def helper_state(env) -> str:
@@ -157,8 +204,11 @@ def helper_state(env) -> str:
     if env.get("PYCNI_HELPER", "1") == "0":
         return "off (PYCNI_HELPER=0): calls run in process"
     path = socket_path(env)
-    if not _is_socket(path):
+    why = _untrusted(path)
+    if why == "missing":
         return f"none at {path}: calls run in process"
+    if why:
+        return f"not trusted ({why}): calls run in process"
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         _send_request(sock, path, marshal.dumps({"probe": True, "build": build_identity()}),
@@ -166,10 +216,15 @@ def helper_state(env) -> str:
         head = _recv_exact(sock, len(INFO))
         if head == NOT_MINE:
             return f"of another build at {path}: calls run in process until it re-executes or restarts"
+        if head == CANNOT:
+            return (f"cannot serve at {path} (it cannot enter this process's namespaces: "
+                    "CAP_SYS_ADMIN missing?): calls run in process")
         if head != INFO:
             raise ConnectionError("unexpected answer")
         info = marshal.loads(_recv_exact(sock, struct.unpack("!I", _recv_exact(sock, 4))[0]))
         return f"in use (pid {info['pid']}, {path})"
+    except Untrusted as e:
+        return f"not trusted ({e}): calls run in process"
     except (OSError, ConnectionError, ValueError, EOFError, TypeError, KeyError) as e:
         return (f"not answering at {path} ({type(e).__name__}: stopped, hung or gone): calls run in "
                 f"process, after at most {HANDOVER_TIMEOUT:.0f} s")
@@ -185,22 +240,32 @@ def forward(plugin: str, env, stdin, stdout, run_here) -> int | None:
         fallback = "disabled"
         return None
     path = socket_path(env)
-    if not _is_socket(path):
+    why = _untrusted(path)
+    if why == "missing":
         fallback = "no_helper"
         return None             # no helper, or something else in its place
-    data = stdin.read()
-    request = marshal.dumps({
-        "plugin": plugin,
-        "build": build_identity(),
-        "env": {k: v for k, v in env.items() if k.startswith(("CNI_", "PYCNI_")) or k == "PATH"},
-        "stdin": data,
-    })
+    if why:
+        not_taken, fallback = why, "untrusted"
+        return None
+    data = stdin.read(MAX_STDIN + 1)    # as much as in process: a larger config is refused there
+    if len(data) > MAX_STDIN:
+        not_taken, fallback = f"more than {MAX_STDIN} bytes on stdin", "oversized"
+        return _in_process(run_here, plugin, env, data, stdout)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # what the call's behaviour depends on, as this process has it: its whole environment
+    # (PATH picks programs and the firewall backend, PYCNI_NFT how nft runs, ...), its umask; the
+    # namespaces and the working directory travel as descriptors
+    request = marshal.dumps({"plugin": plugin, "build": build_identity(), "env": dict(env), "umask": umask,
+                             "stdin_size": len(data)})
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        pidfd = _hand_over(sock, path, request)
+        pidfd = _hand_over(sock, path, request, data)
     except (OSError, ConnectionError, ValueError) as e:
         not_taken = f"{type(e).__name__}: {e}"
-        fallback = ("timeout" if isinstance(e, TimeoutError) else
+        fallback = ("untrusted" if isinstance(e, Untrusted) else
+                    "cannot_serve" if isinstance(e, CannotServe) else
+                    "timeout" if isinstance(e, TimeoutError) else
                     "unavailable" if isinstance(e, (ConnectionRefusedError, FileNotFoundError)) else
                     "refused" if isinstance(e, ValueError) else "error")
         sock.close()            # never handed over: the helper will not run it; we do

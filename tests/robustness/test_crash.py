@@ -83,11 +83,11 @@ def living(pids: list[str]) -> list[str]:
     return out
 
 
-def strays(node) -> None:  # noqa: F811
-    """Wait until no process runs in the node namespace (children of a killed plugin)."""
+def strays(node, keep: tuple[int, ...] = ()) -> None:  # noqa: F811
+    """Wait until no process runs in the node namespace (children of a killed plugin) but `keep`."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pids = set(sh("ip", "netns", "pids", node.name).split())
+        pids = set(sh("ip", "netns", "pids", node.name).split()) - {str(k) for k in keep}
         if not pids:
             return
         time.sleep(0.02)
@@ -196,3 +196,71 @@ def test_sigkill_during_add_and_del_leaves_exactly_the_live_containers(node, bac
                      f"after the last DELs = {len(del_all)}")
     assert orphans == 0, "children of a killed plugin ran on (they may commit after the runtime's DEL)"
     assert after_del == [] and after_gc == [] and del_all == [], after_del[:5] + after_gc + del_all
+
+
+def slow_host_local(tmp_path) -> "Path":
+    """A delegated IPAM that is a separate program: the reference host-local, its ADD started a
+    moment late (so a SIGKILL of the caller lands while it runs)."""
+    from pathlib import Path
+
+    d = Path(tmp_path) / "delegated"
+    d.mkdir()
+    exe = d / "slowlocal"
+    exe.write_text('#!/bin/sh\n[ "$CNI_COMMAND" = ADD ] && sleep 3.917\nexec /usr/lib/cni/host-local\n')
+    exe.chmod(0o755)
+    return d
+
+
+@pytest.mark.parametrize("through", ["in-process", "helper"])
+def test_sigkill_mid_add_with_a_delegated_ipam_leaks_no_address(node, tmp_path, through):  # noqa: F811
+    """ipam.type another program (host-local): pycni SIGKILLed while that program runs, then the
+    runtime's DEL. The delegated ADD must not go on after its caller is gone and reserve an
+    address after the DEL (in process, and in a helper's child, which the helper kills when its
+    caller hangs up)."""
+    from tests.integration.test_helper import start_helper, stop
+    from tests.integration.conftest import ready_line
+
+    plugins = slow_host_local(tmp_path)
+    helper = None
+    if through == "helper":
+        helper = start_helper(node, node.tmp / "helper.sock")
+        assert "serving on" in ready_line(helper, stream=helper.stderr)
+    try:
+        conf = netconf(node, ipMasq=True)
+        conf["ipam"] = {"type": "slowlocal", "dataDir": str(node.data_dir), "ranges": [[{"subnet": "10.91.0.0/26"}]]}
+        leaks = []
+        for trial in range(profile(3, 20)):
+            pod = node.pod()
+            cid = f"d{trial}"
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid,
+                   "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": str(plugins),
+                   "PYCNI_LOG_FILE": str(node.log_file), "PYCNI_HELPER": "1" if helper else "0",
+                   "PYCNI_HELPER_SOCKET": str(node.tmp / "helper.sock")}
+            p = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni")], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            p.stdin.write(json.dumps(conf).encode())
+            p.stdin.close()
+            deadline = time.monotonic() + 30
+            while "sleep 3.917" not in sh("ps", "-eo", "args"):     # the delegated ADD is running
+                assert time.monotonic() < deadline and p.poll() is None, "the delegated ADD never started"
+                time.sleep(0.01)
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            p.stdout.close()
+            dele = node.pycni("DEL", conf, pod, cid=cid, env={"CNI_PATH": str(plugins),
+                                                               **({} if helper else {"PYCNI_HELPER": "0"})})
+            assert dele.rc == 0, dele.out
+            strays(node, keep=(helper.pid,) if helper else ())   # all of the call gone before we look
+            held = [f for f in node.reservations("testnet")]
+            if held:
+                leaks.append(f"trial {trial}: {held} reserved after the DEL")
+                for f in held:
+                    (node.data_dir / "testnet" / f).unlink()
+        SUMMARIES.append(f"crash, delegated IPAM ({through}): {profile(3, 20)} ADDs killed mid-IPAM, "
+                         f"{len(leaks)} left a reservation after the runtime's DEL")
+        assert leaks == [], leaks
+        if helper:
+            assert helper.poll() is None
+    finally:
+        if helper:
+            stop(helper)
