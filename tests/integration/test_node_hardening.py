@@ -42,3 +42,82 @@ def test_a_newline_in_the_pod_name_forges_no_log_line_and_add_refuses_it_del_fin
     assert forged == [], forged
     assert any("forged" in line and "\\n" in line for line in lines), lines   # said, escaped
     assert node.pycni("DEL", conf, pod, cid="good").rc == 0
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory an unprivileged user can reach (pytest's tmp_path is root's only), removed after."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="pycnit-node-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _secret(shared_dir) -> str:
+    root_only = os.path.join(shared_dir, "root-only")
+    os.mkdir(root_only, 0o700)
+    secret = os.path.join(root_only, "secret")
+    with open(secret, "w") as f:
+        f.write("precious\n")
+    os.chmod(secret, 0o600)
+    return secret
+
+
+@pytest.mark.parametrize("where", ["data dir open to all", "network dir of another user"])
+def test_ipam_refuses_a_store_a_local_user_prepared_and_truncates_nothing(node, shared_dir, where):
+    """Row 10: a local user makes the network's directory first, with last_reserved_ip.0 a symlink
+    to a root-only file. Root's ADD refuses the store (code 5, saying why) and the file is intact;
+    DEL of the same attachment finishes."""
+    secret = _secret(shared_dir)
+    data_dir = os.path.join(shared_dir, "ipam")
+    os.mkdir(data_dir)
+    os.chmod(data_dir, 0o1777 if where == "data dir open to all" else 0o755)
+    netdir = os.path.join(data_dir, "testnet")
+    if where == "data dir open to all":
+        subprocess.run(NOBODY + ["mkdir", netdir], check=True)
+    else:
+        os.mkdir(netdir)
+        os.chown(netdir, 65534, 65534)
+        os.chmod(netdir, 0o755)
+    subprocess.run(NOBODY + ["ln", "-s", secret, os.path.join(netdir, "last_reserved_ip.0")], check=True)
+    conf = netconf(node, "1.1.0")
+    conf["ipam"]["dataDir"] = data_dir
+    pod = node.pod()
+    add = node.pycni("ADD", conf, pod, cid="victim")
+    assert open(secret).read() == "precious\n"
+    assert add.rc != 0 and add.code == 5, add.out
+    assert add.out["msg"] == "unsafe IPAM data directory" and (
+        "owned by uid 65534" in add.out["details"] or "writable by group or others" in add.out["details"])
+    assert "eth0" not in subprocess.run(["ip", "-n", pod, "-o", "link"], capture_output=True, text=True).stdout
+    assert node.pycni("DEL", conf, pod, cid="victim").rc == 0
+    assert sorted(os.listdir(netdir)) == ["last_reserved_ip.0"]
+
+
+@pytest.mark.parametrize("name", ["last_reserved_ip.0", "lock"])
+def test_ipam_follows_no_symlink_inside_its_store(node, shared_dir, name):
+    """Row 10, the store's own files: a symlink found in a root-only store (planted there before
+    the store was made root's) is never followed: the cursor is a hint and is skipped; the lock
+    fails the call with code 5. The root-only file is intact either way."""
+    secret = _secret(shared_dir)
+    conf = netconf(node, "1.1.0")
+    netdir = node.data_dir / "testnet"
+    netdir.mkdir(parents=True)
+    os.symlink(secret, netdir / name)
+    pod = node.pod()
+    add = node.pycni("ADD", conf, pod, cid="victim")
+    assert open(secret).read() == "precious\n"
+    if name == "lock":
+        assert add.rc != 0 and add.code == 5 and "lock" in add.out["msg"], add.out
+    else:
+        assert add.rc == 0, add.out
+        assert node.reservations("testnet") == ["10.88.0.2"]
+        assert node.pycni("DEL", conf, pod, cid="victim").rc == 0
+        assert node.reservations("testnet") == []
