@@ -121,3 +121,95 @@ def test_ipam_follows_no_symlink_inside_its_store(node, shared_dir, name):
         assert node.reservations("testnet") == ["10.88.0.2"]
         assert node.pycni("DEL", conf, pod, cid="victim").rc == 0
         assert node.reservations("testnet") == []
+
+
+def install_under_umask_000(source, bin_dir, conf_dir=None, conflist=None, unit_dir=None):
+    """`pycni install` as root with umask 000, the way a careless shell runs it."""
+    import sys
+
+    args = ["install", "--from", str(source), "--bin-dir", str(bin_dir)]
+    if conflist:
+        args += ["--conf-dir", str(conf_dir), "--conflist", str(conflist)]
+    if unit_dir:
+        args += ["--helper", str(unit_dir)]
+    code = "import os, sys; os.umask(0); from cni.entry import pycni; sys.exit(pycni())"
+    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))), env={**os.environ, "PYCNI_LOG_FILE": ""})
+
+
+def loose_paths(*tops) -> list[str]:
+    """Everything under `tops` that is not root's or that group/others may write."""
+    out = []
+    for top in tops:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+                st = os.lstat(path)
+                if st.st_uid != 0 or (not os.path.islink(path) and st.st_mode & 0o022):
+                    out.append(f"{path} uid {st.st_uid} mode {st.st_mode & 0o7777:o}")
+    return out
+
+
+def attacks_on_the_launcher(bin_dir) -> list[str]:
+    """What an unprivileged user manages against the names root execs: each a shell command run
+    as nobody; returns the ones that succeeded."""
+    store = os.path.join(bin_dir, ".pycni")
+    build = next(n for n in os.listdir(store) if not n.startswith("."))
+    launcher = os.path.realpath(os.path.join(bin_dir, "pycni"))
+    tries = {
+        "overwrite the launcher": f"echo 'echo pwned' > {launcher}",
+        "rename over the launcher": f"echo x > {store}/{build}/evil && mv -f {store}/{build}/evil {launcher}",
+        "add a build to the store": f"mkdir {store}/evil",
+        "replace a name in the bin dir": f"ln -sfn /tmp {bin_dir}/pycni-ipam",
+        "plant a library": f"echo x > {store}/{build}/_internal/evil.so",
+    }
+    return [what for what, cmd in tries.items()
+            if subprocess.run(NOBODY + ["sh", "-c", cmd], capture_output=True).returncode == 0]
+
+
+def fake_build(root) -> str:
+    """A stand-in for dist/pycni made under umask 000 (so its own modes are world-writable)."""
+    old = os.umask(0)
+    try:
+        b = os.path.join(root, "build")
+        os.makedirs(os.path.join(b, "_internal", "lib"))
+        with open(os.path.join(b, "_internal", "lib", "libfake.so"), "w") as f:
+            f.write("x")
+        with open(os.path.join(b, "pycni"), "w") as f:
+            f.write("#!/bin/sh\necho fake\n")
+        os.chmod(os.path.join(b, "pycni"), 0o777)
+    finally:
+        os.umask(old)
+    return b
+
+
+def test_install_under_umask_000_leaves_nothing_another_user_can_replace(shared_dir):
+    """Row 9 on a fake build: bin dir, store, build, names, conflist, helper unit: root's, no
+    group/other write; an unprivileged user cannot replace the launcher or anything beside it."""
+    import json
+
+    bin_dir, conf_dir, unit_dir = (os.path.join(shared_dir, n) for n in ("opt/cni/bin", "net.d", "units"))
+    conflist = os.path.join(shared_dir, "10-t.conflist")
+    with open(conflist, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "t", "plugins": [{"type": "loopback"}]}, f)
+    install_under_umask_000(fake_build(shared_dir), bin_dir, conf_dir, conflist, unit_dir)
+    assert attacks_on_the_launcher(bin_dir) == []
+    assert loose_paths(os.path.join(shared_dir, "opt"), conf_dir, unit_dir) == []
+    assert subprocess.run([os.path.join(bin_dir, "pycni")], capture_output=True, text=True).stdout == "fake\n"
+
+
+def test_install_replaces_a_build_dir_others_could_write(shared_dir):
+    """Row 9, an earlier careless install: a world-writable store is tightened and a build dir
+    others could write (its launcher maybe replaced) is copied afresh, not reused."""
+    bin_dir = os.path.join(shared_dir, "bin")
+    build = fake_build(shared_dir)
+    install_under_umask_000(build, bin_dir)
+    store = os.path.join(bin_dir, ".pycni")
+    target = os.path.realpath(os.path.join(bin_dir, "pycni"))
+    os.chmod(store, 0o777)
+    os.chmod(target, 0o666)
+    with open(target, "w") as f:
+        f.write("#!/bin/sh\necho pwned\n")
+    os.chmod(target, 0o777)
+    install_under_umask_000(build, bin_dir)
+    assert loose_paths(bin_dir) == []
+    assert subprocess.run([os.path.join(bin_dir, "pycni")], capture_output=True, text=True).stdout == "fake\n"
