@@ -213,3 +213,66 @@ def test_install_replaces_a_build_dir_others_could_write(shared_dir):
     install_under_umask_000(build, bin_dir)
     assert loose_paths(bin_dir) == []
     assert subprocess.run([os.path.join(bin_dir, "pycni")], capture_output=True, text=True).stdout == "fake\n"
+
+
+FLUSH_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pyroute2.conntrack import Conntrack
+from cni.linux.conntrack import flush_udp_ports
+walks = []
+real = Conntrack.dump_entries
+def counted(self, *a, **kw):
+    walks.append(1)
+    return real(self, *a, **kw)
+Conntrack.dump_entries = counted
+removed = flush_udp_ports(range(int(sys.argv[2]), int(sys.argv[2]) + int(sys.argv[3])))
+print(json.dumps({"walks": len(walks), "removed": removed}))
+"""
+
+
+def test_udp_conntrack_flush_walks_the_table_once_per_family_whatever_the_port_count(node):
+    """Row 11: flushing 500 UDP host ports is two walks of the conntrack table (IPv4, IPv6), not
+    two per port; the entries of those ports go, the others stay."""
+    import sys
+
+    def insert(*args):
+        node.sh("conntrack", "-I", "-p", "udp", "-t", "120", *args)
+
+    insert("-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "4000", "--dport", "30001")
+    insert("-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "4000", "--dport", "30499")
+    insert("-s", "fd09::1", "-d", "fd09::2", "--sport", "4000", "--dport", "30002")
+    insert("-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "4000", "--dport", "29999")   # not mapped
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-c", FLUSH_PROBE, root,
+                          "30000", "500"], capture_output=True, text=True, check=True).stdout
+    import json
+
+    assert json.loads(out) == {"walks": 2, "removed": 3}
+    left = node.sh("conntrack", "-L", "-p", "udp", check=False) + node.sh(
+        "conntrack", "-L", "-f", "ipv6", "-p", "udp", check=False)
+    assert "dport=29999" in left and "dport=30001" not in left and "dport=30002" not in left
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_an_add_past_the_mapping_cap_refuses_up_front_and_del_finishes(node, backend):
+    """Row 11: an ADD's cost is bounded: more than MAX_PORT_MAPPINGS distinct mappings is code 7
+    before anything is made (no address, no veth, no rule); DEL of it finishes."""
+    from cni.firewall.options import MAX_PORT_MAPPINGS
+
+    from .test_hostile_inputs import nothing_left
+
+    many = [{"hostPort": 1 + i, "containerPort": 80, "protocol": "udp"} for i in range(MAX_PORT_MAPPINGS + 1)]
+    conf = netconf(node, "1.1.0", ipMasq=True, backend=backend, capabilities={"portMappings": True},
+                   runtimeConfig={"portMappings": many})
+    pod = node.pod()
+    add = node.pycni("ADD", conf, pod, cid="many")
+    assert add.rc != 0 and add.code == 7 and add.out["msg"] == "too many port mappings", add.out
+    assert nothing_left(node, backend) == []
+    assert node.pycni("DEL", conf, pod, cid="many").rc == 0
+    # at the cap (duplicates count once) it is accepted
+    at_cap = many[:MAX_PORT_MAPPINGS] + many[:10]
+    ok = node.pycni("ADD", {**conf, "runtimeConfig": {"portMappings": at_cap}}, pod, cid="cap")
+    assert ok.rc == 0, ok.out
+    assert node.pycni("DEL", {**conf, "runtimeConfig": {"portMappings": at_cap}}, pod, cid="cap").rc == 0
+    assert nothing_left(node, backend) == []
