@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +277,84 @@ def test_an_add_past_the_mapping_cap_refuses_up_front_and_del_finishes(node, bac
     assert ok.rc == 0, ok.out
     assert node.pycni("DEL", {**conf, "runtimeConfig": {"portMappings": at_cap}}, pod, cid="cap").rc == 0
     assert nothing_left(node, backend) == []
+
+
+METRICS_PORT = 19153
+
+
+def _proc_status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return {"threads": int(out["Threads"]), "rss_kib": int(out["VmRSS"].split()[0])}
+
+
+def _get(ns: str, path: str, timeout: float = 3.0) -> int:
+    import sys
+
+    code = ("import sys, urllib.request, urllib.error\n"
+            f"try:\n  print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}{path}', timeout={timeout}).status)\n"
+            "except urllib.error.HTTPError as e:\n  print(e.code)\n"
+            "except OSError as e:\n  print(0)\n")
+    return int(subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
+                              text=True, timeout=30).stdout.strip() or 0)
+
+
+def test_a_flood_of_idle_and_slow_connections_neither_grows_the_agent_nor_delays_policy(tmp_path):
+    """Row 6: 2,000 idle and 100 slowloris connections to the agent's metrics port (from the node's
+    own namespace: the admin asked for an address clients reach). The agent keeps its threads and
+    its memory, its probes answer, and a NetworkPolicy change still reaches the kernel."""
+    import sys
+    import time
+
+    from tests.k8s_api import FakeAPI
+
+    from .cluster import NODES, OUTSIDE4, Cluster, api_node
+    from .test_netpol import namespace_object, pod_object, policy
+
+    cluster = Cluster(tmp_path)
+    flood = None
+    try:
+        api = FakeAPI(OUTSIDE4, netns=cluster.underlay)
+        for name in NODES:
+            api.put("nodes", api_node(name))
+        api.put("namespaces", namespace_object("x"))
+        api.put("pods", pod_object("x/a", "node-a"))
+        agent = cluster.start_agent("node-a", api.kubeconfig(tmp_path / "kubeconfig"),
+                                    "--metrics-address", f"127.0.0.1:{METRICS_PORT}")
+        agent.wait_for("agent: network policy:")
+        agent.wait_for("conflist written")
+        ns = cluster.nodes["node-a"].name
+        pod, result = cluster.add_pod("node-a", "cid-x-a", ("x", "a"))
+        pod_ip = next(ip["address"].split("/")[0] for ip in result["ips"] if ":" not in ip["address"])
+        api.put("pods", pod_object("x/a", "node-a", [pod_ip]))
+        deadline = time.monotonic() + 20
+        while _get(ns, "/readyz") != 200:
+            assert time.monotonic() < deadline, "agent never ready"
+            time.sleep(0.2)
+        before = _proc_status(agent.proc.pid)
+        flood = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).with_name("flood_app.py")),
+                                  "127.0.0.1", str(METRICS_PORT), "2000", "100"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert flood.stdout.readline().startswith("ready")
+        time.sleep(3)
+        assert agent.proc.poll() is None, agent.lines[-5:]      # the flood did not stop the agent
+        during = _proc_status(agent.proc.pid)
+        syncs = agent.count("agent: network policy:")
+        api.put("networkpolicies", policy("x", "deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+        agent.wait_for("agent: network policy: 1 policies", timeout=10)
+        assert agent.count("agent: network policy:") > syncs
+        isolated = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "set", "inet", "pycni-policy",
+                                   "ingress_iso4"], capture_output=True, text=True, check=True).stdout
+        assert pod_ip in isolated, isolated         # the pod is isolated in the kernel now
+        assert _get(ns, "/healthz") == 200 and _get(ns, "/metrics") == 200
+        assert agent.proc.poll() is None
+        assert during["threads"] <= before["threads"] + 2, (before, during)
+        assert during["rss_kib"] <= before["rss_kib"] + 20 * 1024, (before, during)
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+        cluster.close()
