@@ -239,7 +239,7 @@ class MetricsServer:
             code, body, ctype = self.answer(line[1].split("?")[0])
         writer.write(f"HTTP/1.1 {code} {REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                     + (body if line and line[0] != "HEAD" else b""))
+                     + (b"" if len(line) == 3 and line[0] == "HEAD" else body))
         await writer.drain()
 
 
