@@ -3,6 +3,10 @@
 backend and for the reference `portmap` plugin, inside a throwaway node namespace.
 
     sudo .venv/bin/python bench/firewall.py [--rounds 15] [--sizes 10,500]
+    sudo .venv/bin/python bench/firewall.py --udp-ports 1000 [--rounds 3]
+
+The second form: one attachment with that many UDP host ports, ADD and DEL in one warm process
+(rules plus the UDP conntrack flush), on each backend.
 
 Two views: the whole plugin process (pycni-portmap vs reference portmap, each exec'd as a runtime
 does, chained with a prevResult), and pycni's firewall calls alone inside one warm process.
@@ -116,7 +120,40 @@ def inprocess_rows(args, backends) -> list[tuple[str, int, float, float]]:
     return rows
 
 
+def udp_rows(args) -> None:
+    import ipaddress
+
+    from cni.firewall import rules as firewall
+    from cni.firewall.options import FirewallOptions, PortMapping
+
+    maps = tuple(PortMapping(20000 + i, 80, "udp") for i in range(args.udp_ports))
+    for i in range(args.ct_entries):      # a table the walks go through: other flows of the node
+        subprocess.run(["conntrack", "-I", "-p", "udp", "-t", "600", "-s", f"10.61.{i // 250}.{i % 250 + 1}",
+                        "-d", "10.62.0.1", "--sport", "5000", "--dport", "53"], capture_output=True, check=True)
+    print(f"{args.udp_ports} UDP host ports on one attachment, {args.ct_entries} conntrack entries, "
+          f"median of {args.rounds}, "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, kernel {os.uname().release}")
+    for backend in ("nftables", "iptables"):
+        flush_all()
+        adds, dels = [], []
+        for r in range(args.rounds):
+            s = firewall.FirewallSpec("benchnet", f"u{r}", "eth0", (ipaddress.ip_interface("10.60.0.2/8"),),
+                                      maps, False, FirewallOptions(backend=backend))
+            t0 = time.perf_counter()
+            firewall.setup(s)
+            t1 = time.perf_counter()
+            firewall.teardown(s)
+            t2 = time.perf_counter()
+            adds.append(t1 - t0)
+            dels.append(t2 - t1)
+        print(f"  {backend:10} ADD {statistics.median(adds) * 1000:9.1f} ms  DEL {statistics.median(dels) * 1000:9.1f} ms",
+              flush=True)
+    flush_all()
+
+
 def inside(args) -> None:
+    if args.udp_ports:
+        return udp_rows(args)
     netns = f"/var/run/netns/{args.prefix}-pod"
     print(f"firewall work per ADD/DEL, median of {args.rounds}, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} cores, kernel {os.uname().release}")
@@ -141,6 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--sizes", default="10,500")
+    ap.add_argument("--udp-ports", type=int, default=0, help="one attachment with this many UDP host ports")
+    ap.add_argument("--ct-entries", type=int, default=1000, help="with --udp-ports: conntrack entries first")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default=f"pycni-fwbench-{os.getpid()}")
     args = ap.parse_args()
@@ -152,7 +191,8 @@ def main() -> None:
         for ns in (node, pod):
             subprocess.run(["ip", "netns", "add", ns], check=True)
         subprocess.run(["ip", "netns", "exec", node, sys.executable, __file__, "--inside", "--rounds",
-                        str(args.rounds), "--sizes", ",".join(map(str, args.sizes)), "--prefix", args.prefix],
+                        str(args.rounds), "--sizes", ",".join(map(str, args.sizes)), "--prefix", args.prefix,
+                        "--udp-ports", str(args.udp_ports), "--ct-entries", str(args.ct_entries)],
                        check=True)
     finally:
         for ns in (pod, node):

@@ -32,6 +32,7 @@ import os
 from typing import Iterator, Protocol
 
 from cni.linux.flock import acquire
+from cni.spec.log import log
 from cni.spec.names import sha256_hex
 from cni.spec.errors import IOFailure, TryAgainLater
 
@@ -43,6 +44,10 @@ SCRATCH = ".pycni-reserve"
 INDEX = ".pycni-held"
 COMPLETE = "complete"
 LINK_PREFIX = "a-"       # not an address: host-local's scans (GetByID) never take it for one
+# Every file of the store is opened without following a symlink: the store is root's, and a name
+# in it that is a symlink was not made by pycni (host-local follows them: a local user's symlink
+# at last_reserved_ip.0 had root truncate the file it named).
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Store(Protocol):
@@ -61,6 +66,14 @@ def _attachment_key(container_id: str, ifname: str) -> str:
     return sha256_hex(f"{container_id}\r\n{ifname}")[:32]
 
 
+def _read(path: str, size: int = 4096) -> bytes:
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _parse_holder(text: str) -> tuple[str, str]:
     parts = text.strip().split("\r\n" if "\r\n" in text else "\n", 1)
     cid = parts[0].strip()
@@ -73,15 +86,46 @@ class DiskStore:
         self.dir = network_dir
         self.lock_timeout = lock_timeout
 
+    _safe = False
+
     def _ensure_dir(self) -> None:
+        if self._safe:
+            return
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
         except OSError as e:
             raise IOFailure("cannot create IPAM data directory", f"{self.dir}: {e.strerror}") from None
+        why = self.unsafe()
+        if why:
+            raise IOFailure("unsafe IPAM data directory", why)
+        self._safe = True
+
+    def unsafe(self) -> str:
+        """'' when the data dir and the network's dir are this user's (root's) and nobody else can
+        write them; else why not. Someone who can write either can plant names in the store."""
+        for path in (os.path.dirname(os.path.abspath(self.dir)), self.dir):
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                return f"{path}: {e.strerror}"
+            if st.st_uid != os.geteuid():
+                return (f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: only the user the "
+                        "plugin runs as (root) may own the IPAM store")
+            if st.st_mode & 0o022:
+                return (f"{path} is writable by group or others (mode {st.st_mode & 0o7777:o}): "
+                        "chmod go-w it, or choose another dataDir")
+        return ""
 
     def present(self) -> bool:
-        """Whether the network's data dir exists (a dangling symlink does not)."""
-        return os.path.isdir(self.dir)
+        """Whether the network's data dir exists (a dangling symlink does not) and is one the store
+        may use: DEL finds nothing in a directory ADD refuses (so it never wrote there)."""
+        if not os.path.isdir(self.dir):
+            return False
+        why = self.unsafe()
+        if why:
+            log.warning(f"IPAM: not reading {self.dir}: {why}")
+            return False
+        return True
 
     @contextlib.contextmanager
     def lock(self, create: bool = True) -> Iterator[None]:
@@ -91,7 +135,7 @@ class DiskStore:
         if create:
             self._ensure_dir()
         try:
-            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | NOFOLLOW, 0o600)
         except FileNotFoundError:
             if create:
                 raise IOFailure("cannot open IPAM lock", f"{path}: no such file or directory") from None
@@ -122,7 +166,7 @@ class DiskStore:
         self._ensure_dir()
         scratch = os.path.join(self.dir, SCRATCH)
         try:
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o600)
             try:
                 os.write(fd, f"{container_id}\r\n{ifname}".encode())
                 os.fsync(fd)
@@ -150,7 +194,7 @@ class DiskStore:
     def _write_cursor(self, set_index: int, ip: IPAddress) -> None:
         path = os.path.join(self.dir, f"{CURSOR_PREFIX}{set_index}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
             try:
                 os.write(fd, str(ip).encode())
             finally:
@@ -160,16 +204,15 @@ class DiskStore:
 
     def last_reserved(self, set_index: int) -> IPAddress | None:
         try:
-            with open(os.path.join(self.dir, f"{CURSOR_PREFIX}{set_index}"), "rb") as f:
-                return ipaddress.ip_address(f.read(64).decode().strip())
+            return ipaddress.ip_address(_read(os.path.join(self.dir, f"{CURSOR_PREFIX}{set_index}"), 64)
+                                        .decode().strip())
         except (OSError, ValueError, UnicodeDecodeError):
             return None
 
     def release(self, ip: IPAddress) -> None:
         path = self._path(ip)
         try:
-            with open(path, "rb") as f:
-                holder = _parse_holder(f.read(4096).decode(errors="replace"))
+            holder = _parse_holder(_read(path).decode(errors="replace"))
         except OSError:
             holder = None
         try:
@@ -280,7 +323,7 @@ class DiskStore:
         marker = os.path.join(self.dir, INDEX, COMPLETE)
         try:
             os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | NOFOLLOW, 0o600))
         except OSError as e:
             raise IOFailure("cannot write IPAM index", f"{marker}: {e.strerror}") from None
 
@@ -301,10 +344,9 @@ class DiskStore:
             except ValueError:
                 continue
             try:
-                with open(entry.path, "rb") as f:
-                    text = f.read(4096).decode(errors="replace")
+                text = _read(entry.path).decode(errors="replace")
             except OSError as e:
-                if e.errno == errno.ENOENT:
+                if e.errno in (errno.ENOENT, errno.ELOOP):
                     continue
                 raise IOFailure("cannot read reservation", f"{entry.path}: {e.strerror}") from None
             out[ip] = _parse_holder(text)
@@ -332,10 +374,12 @@ class DiskStore:
                 if name == LOCK_NAME or name.startswith((CURSOR_PREFIX, ".")):
                     continue
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+                    fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
                 except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        continue        # a symlink: not a reservation pycni or host-local wrote
                     raise IOFailure("cannot read reservation", f"{self.dir}/{name}: {e.strerror}") from None
                 try:
                     data = os.read(fd, 4096)

@@ -56,7 +56,8 @@ def add_arguments(p) -> None:
                    help="keep watching Pods this long after the last NetworkPolicy is gone (Pods are "
                         "watched only while a policy exists)")
     p.add_argument("--metrics-address", metavar="HOST:PORT",
-                   help="serve /metrics (Prometheus), /healthz and /readyz there (e.g. 0.0.0.0:9152)")
+                   help="serve /metrics (Prometheus), /healthz and /readyz there (e.g. 127.0.0.1:9152; "
+                        "no host: 127.0.0.1; a pod-reachable address such as 0.0.0.0 only if you mean it)")
     p.add_argument("--calls-file", metavar="PATH",
                    help="the plugin's call record to count (default: calls.log beside the helper socket)")
     p.add_argument("--helper", nargs="?", const="/run/pycni/helper.sock", metavar="SOCKET",
@@ -269,7 +270,9 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
 
     threading.Thread(target=drain_often, name="calls", daemon=True).start()
     server = m.serve(metrics, args.metrics_address, record.drain)
-    print(f"agent: metrics on http://{args.metrics_address}/metrics (calls from {calls_file})", flush=True)
+    host, port = server.server_address[:2]
+    print(f"agent: metrics on http://{'[' + host + ']' if ':' in host else host}:{port}/metrics "
+          f"(calls from {calls_file})", flush=True)
     metrics.server = server
     return metrics
 

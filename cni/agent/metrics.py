@@ -10,11 +10,12 @@ and attachments are read from the IPAM store at scrape time.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import ipaddress
 import json
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -151,40 +152,97 @@ def ipam_collector(data_dir: str, network: str, ranges: Callable[[], list]) -> o
     return Collector()
 
 
-def serve(metrics: Metrics, address: str, before_scrape: Callable[[], None]) -> ThreadingHTTPServer:
+# What any number of clients can cost the process serving metrics (the agent, whose policy loop
+# must never wait for them): one thread for every connection, each connection at most
+# REQUEST_BYTES of request and REQUEST_SECONDS from accept to the last byte of its answer, at most
+# MAX_CONNECTIONS open (a new one closes the oldest: slow and idle clients go first, a probe's
+# request is in before its connection is the oldest).
+MAX_CONNECTIONS = 64
+REQUEST_BYTES = 8192
+REQUEST_SECONDS = 5.0
+DEFAULT_HOST = "127.0.0.1"      # pods cannot reach the node's loopback, even with hostNetwork off
+
+
+def serve(metrics: Metrics, address: str, before_scrape: Callable[[], None]) -> "MetricsServer":
+    """Serve /metrics, /healthz and /readyz at `address` (HOST:PORT; no host: 127.0.0.1) from a
+    thread of its own; returns the server (`shutdown()` stops it)."""
     host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]") or DEFAULT_HOST
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
+    def answer(path: str) -> tuple[int, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        if path == "/metrics":
+            before_scrape()
+            return 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            dead = [name for name, alive in metrics.alive.items() if not alive()]
+            return (500 if dead else 200), (f"not alive: {', '.join(dead)}" if dead else "ok").encode() + b"\n", text
+        if path == "/readyz":
+            waiting = [name for name, ok in metrics.ready.items() if not (ok() if callable(ok) else ok)]
+            return (503 if waiting else 200), (f"waiting for: {', '.join(waiting)}" if waiting else "ok").encode() + b"\n", text
+        return 404, b"not found\n", text
+
+    return MetricsServer(host, int(port), answer)
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+
+class MetricsServer:
+    """A small HTTP/1.0-style server (one request per connection, `Connection: close`) on an
+    asyncio loop in one thread: connections cost a few KiB each, never a thread."""
+
+    def __init__(self, host: str, port: int, answer: Callable[[str], tuple[int, bytes, str]],
+                 max_connections: int = MAX_CONNECTIONS, seconds: float = REQUEST_SECONDS):
+        self.answer, self.max_connections, self.seconds = answer, max_connections, seconds
+        self.open: dict[asyncio.StreamWriter, None] = {}     # oldest first
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncio.start_server(
+            self._client, host, port, limit=REQUEST_BYTES, backlog=128))
+        self.server_address = self.server.sockets[0].getsockname()[:2]
+        self.thread = threading.Thread(target=self.loop.run_forever, name="metrics", daemon=True)
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        def stop():
+            self.server.close()
+            for w in list(self.open):
+                w.transport.abort()
+            self.loop.stop()
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open[writer] = None
+        while len(self.open) > self.max_connections:
+            oldest = next(iter(self.open))
+            del self.open[oldest]
+            oldest.transport.abort()
+        try:
+            await asyncio.wait_for(self._serve(reader, writer), self.seconds)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError, ConnectionError):
             pass
+        except Exception as e:      # an answer that failed: the next request gets its own chance
+            print(f"metrics: {e!r}", file=sys.stderr, flush=True)
+        finally:
+            self.open.pop(writer, None)
+            writer.transport.abort()
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                before_scrape()
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                dead = [name for name, alive in metrics.alive.items() if not alive()]
-                self._send(500 if dead else 200, (f"not alive: {', '.join(dead)}" if dead else "ok").encode() + b"\n")
-            elif path == "/readyz":
-                waiting = [name for name, ok in metrics.ready.items() if not (ok() if callable(ok) else ok)]
-                self._send(503 if waiting else 200,
-                           (f"waiting for: {', '.join(waiting)}" if waiting else "ok").encode() + b"\n")
-            else:
-                self._send(404, b"not found\n")
-
-    server = ThreadingHTTPServer((host, int(port)), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(line) != 3 or not line[2].startswith("HTTP/"):
+            code, body, ctype = 400, b"bad request\n", "text/plain; charset=utf-8"
+        elif line[0] not in ("GET", "HEAD"):
+            code, body, ctype = 405, b"method not allowed\n", "text/plain; charset=utf-8"
+        else:
+            code, body, ctype = self.answer(line[1].split("?")[0])
+        writer.write(f"HTTP/1.1 {code} {REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                     + (b"" if len(line) == 3 and line[0] == "HEAD" else body))
+        await writer.drain()
 
 
 def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:

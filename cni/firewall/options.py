@@ -49,12 +49,19 @@ def _port(value: Any, what: str) -> int:
     return value
 
 
-def parse_mappings(raw: Any) -> tuple[PortMapping, ...]:
+# Port mappings one attachment may have (distinct ones): an ADD's firewall work grows with them
+# (1,000 UDP ports: about 1-5 s here), so past this it is refused before anything is made.
+MAX_PORT_MAPPINGS = 1024
+
+
+def parse_mappings(raw: Any, limit: int | None = MAX_PORT_MAPPINGS) -> tuple[PortMapping, ...]:
+    """The mappings, duplicates once; more than `limit` distinct ones is an error (DEL passes
+    None: it removes what is there by the attachment's tag whatever it is given)."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise InvalidConfig("invalid portMappings", "runtimeConfig.portMappings must be a list")
-    out = []
+    out: dict[PortMapping, None] = {}
     for m in raw:
         if not isinstance(m, dict):
             raise InvalidConfig("invalid port mapping", repr(m)[:200])
@@ -73,9 +80,12 @@ def parse_mappings(raw: Any) -> tuple[PortMapping, ...]:
                 raise InvalidConfig("invalid port mapping", f"hostIP {host_ip!r}") from None
             if ip.is_unspecified:
                 ip = None
-        out.append(PortMapping(_port(m.get("hostPort"), "hostPort"),
-                               _port(m.get("containerPort"), "containerPort"), proto.lower(), ip))
-    return tuple(dict.fromkeys(out))   # duplicates once, order kept
+        out[PortMapping(_port(m.get("hostPort"), "hostPort"),
+                        _port(m.get("containerPort"), "containerPort"), proto.lower(), ip)] = None
+        if limit is not None and len(out) > limit:
+            raise InvalidConfig("too many port mappings",
+                                f"more than {limit} distinct portMappings for one attachment")
+    return tuple(out)   # duplicates once, order kept
 
 
 def _conditions(conf: Mapping, key: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from cni.firewall import rules as firewall
 from cni.bridge.config import parse_prev_result
 from cni.spec.errors import InvalidConfig
-from cni.firewall.options import parse_mappings, parse_options
+from cni.firewall.options import MAX_PORT_MAPPINGS, parse_mappings, parse_options
 from cni.spec.result import Result
 from cni.spec.request import Request, valid_attachments
 
@@ -28,7 +28,7 @@ def _spec(req: Request, prev: Result | None) -> firewall.FirewallSpec:
     return firewall.FirewallSpec(
         network=req.config["name"], container_id=req.container_id, ifname=req.ifname,
         pod_ips=_pod_ips(prev, req) if prev else (),
-        mappings=parse_mappings(rc.get("portMappings")),
+        mappings=parse_mappings(rc.get("portMappings"), None if req.command == "DEL" else MAX_PORT_MAPPINGS),
         masquerade=False, options=parse_options(req.config))
 
 

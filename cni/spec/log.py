@@ -16,6 +16,14 @@ DEFAULT_LOG_FILE = "/var/log/pycni.log"
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+def escape(text: str) -> str:
+    """One text log line stays one line: every non-printable character (newline, CR, ESC, NUL,
+    Unicode line separators...) written as a Python escape. Printable text is returned as is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Logger:
     def __init__(self) -> None:
         self.path = os.environ.get("PYCNI_LOG_FILE", DEFAULT_LOG_FILE)
@@ -49,10 +57,10 @@ class Logger:
                                  "pid": os.getpid(), **self.fields, "msg": msg}) + "\n"
         else:
             line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {level.upper()} [{os.getpid()}] "
-                    f"{self.context}{msg}\n")
+                    f"{escape(self.context + msg)}\n")
         if n >= LEVELS["warning"] and self.stderr is not None:
             try:
-                self.stderr.write(f"pycni: {msg}\n")
+                self.stderr.write(f"pycni: {escape(msg)}\n")
             except (OSError, ValueError):
                 pass
         if self.path:

@@ -12,6 +12,11 @@ from cni.spec.errors import InvalidConfig, InvalidEnvironment, UnknownContainer
 
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")   # always fullmatch: `$` would accept a final "\n"
 MAX_ID_LEN = 1024
+# Kubernetes' names (apimachinery's validation): a label is at most 63 of [a-z0-9-], alphanumeric
+# at both ends; a subdomain is at most 253 of labels joined by dots. fullmatch only.
+_DNS1123_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_UID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9\-]{0,127}")
 IFNAMSIZ = 15
 IFALIASZ = 255          # bytes of a link alias (IFLA_IFALIAS), without the final NUL
 
@@ -28,6 +33,19 @@ def sha256_hex(text: str) -> str:
             # lazy: the C module of this interpreter, never hashlib's OpenSSL set-up
             from hashlib import sha256
     return sha256(text.encode()).hexdigest()
+
+
+def is_dns1123_label(text: str) -> bool:
+    return len(text) <= 63 and _DNS1123_LABEL_RE.fullmatch(text) is not None
+
+
+def is_dns1123_subdomain(text: str) -> bool:
+    return len(text) <= 253 and _DNS1123_SUBDOMAIN_RE.fullmatch(text) is not None
+
+
+def is_k8s_uid(text: str) -> bool:
+    """A pod UID or sandbox id as runtimes pass them (a UUID, a hex id): no dots, no controls."""
+    return _UID_RE.fullmatch(text) is not None
 
 
 def validate_container_id(cid: str) -> None:

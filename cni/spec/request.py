@@ -22,6 +22,14 @@ _REQUIRED = {
 }
 KNOWN_ARGS = frozenset({"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"})
+# What Kubernetes allows in the names it hands the runtime; a value outside them never came from
+# the API server, and it reaches logs, policy state paths and set comments: refused before use.
+_K8S_NAME_RULES = {
+    "K8S_POD_NAME": (names.is_dns1123_subdomain, "a DNS-1123 subdomain"),
+    "K8S_POD_NAMESPACE": (names.is_dns1123_label, "a DNS-1123 label"),
+    "K8S_POD_UID": (names.is_k8s_uid, "a UID (letters, digits, '-', at most 128)"),
+    "K8S_POD_INFRA_CONTAINER_ID": (names.is_k8s_uid, "a container id (letters, digits, '-', at most 128)"),
+}
 
 
 def _helper_not_told() -> str:
@@ -70,6 +78,10 @@ def parse_cni_args(text: str) -> dict[str, str]:
     unknown = sorted(k for k in out if k not in KNOWN_ARGS)
     if unknown and not ignore:
         raise InvalidEnvironment("invalid CNI_ARGS", f"unknown args {unknown} (set IgnoreUnknown=1)")
+    for key, (ok, what) in _K8S_NAME_RULES.items():
+        value = out.get(key)
+        if value is not None and value != "" and not ok(value):
+            raise InvalidEnvironment("invalid CNI_ARGS", f"{key} {value[:80]!r} is not {what}")
     return out
 
 

@@ -21,6 +21,11 @@ switched with a symlink written under a temporary name and renamed over the old 
 atomic, so an exec sees the old build or the new one, never "text file busy" or a partial file).
 The previous build is kept (a process may be starting from it); older ones are removed.
 
+Whatever the umask and the build's own modes, everything the installer creates is the installing
+user's (root's) with explicit modes: directories 0755, executables 0755, other files 0644, the
+build being copied 0700 until it is complete. A store or build directory someone else owns or can
+write is refused or replaced, never used: root execs these files for every CNI call.
+
 The conflist is written as `<name>.temp` (a name runtimes do not load) and renamed to its final
 `.conflist` name, because runtimes pick the first config file in lexical order as soon as it appears.
 """
@@ -32,6 +37,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import stat
 import subprocess
 import time
 from typing import Any, Mapping
@@ -57,6 +63,45 @@ STALE_TMP_SECONDS = 3600     # temporary dirs of an installer that died
 INTERPRETER = "_internal/bin/python3.11"   # the build's own interpreter (build/build.sh adds it)
 LAUNCHER = "pycni-launch"
 MAX_SHEBANG = 255            # bytes the kernel reads of a `#!` line (BINPRM_BUF_SIZE - 1)
+
+
+DIR_MODE, EXE_MODE, FILE_MODE = 0o755, 0o755, 0o644
+
+
+def _own(path, mode: int | None) -> None:
+    """`mode` (None: a symlink, whose mode means nothing) and, as root, owner root:root."""
+    if mode is not None:
+        os.chmod(path, mode, follow_symlinks=False)
+    if os.geteuid() == 0:
+        os.lchown(path, 0, 0)
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` with every directory it creates DIR_MODE and the user's (the umask plays no part)."""
+    missing = []
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _own(d, DIR_MODE)
+
+
+def _seal_tree(root: Path) -> None:
+    """Give a copied tree explicit modes (copytree keeps the source's, umask 000 ones included)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        _own(dirpath, DIR_MODE if dirpath != str(root) else 0o700)
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                _own(path, None)
+            elif name in filenames:
+                _own(path, EXE_MODE if st.st_mode & 0o100 else FILE_MODE)
 
 
 def running_bundle() -> Path | None:
@@ -92,10 +137,27 @@ def _write_launcher(build_dir: Path, node_build_dir: Path) -> bool:
     except OSError:
         pass
     tmp = build_dir / f".{LAUNCHER}.{os.getpid()}"
-    tmp.write_text(text)
-    os.chmod(tmp, 0o755)
+    _write_file(tmp, text.encode(), EXE_MODE)
     os.replace(tmp, path)
     return True
+
+
+def _write_file(path: Path, data: bytes, mode: int, sync: bool = False) -> None:
+    """A new file (a leftover of that name is removed first, never followed) with `mode`."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def bundle_id(bundle: Path) -> str:
@@ -135,16 +197,22 @@ def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES
     `node_bin_dir`, by default the same path); returns the installed executable's name."""
     _check_bundle(bundle)
     store = bin_dir / STORE
-    store.mkdir(parents=True, exist_ok=True)
+    make_dirs(bin_dir)
+    _own_store(store)
     build = bundle_id(bundle)
     target = store / build
+    if target.is_dir() and not target.is_symlink() and _tampered(target):
+        shutil.rmtree(target)           # someone else could write it: copied afresh
     if not (target / EXE).is_file():
         tmp = store / f".tmp-{build}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)
+        _own(tmp, 0o700)
         shutil.copy2(bundle / EXE, tmp / EXE)
         shutil.copytree(bundle / "_internal", tmp / "_internal", symlinks=True)
+        _seal_tree(tmp)
         _sync_tree(tmp)
+        _own(tmp, DIR_MODE)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -163,6 +231,31 @@ def install_binaries(bundle: Path, bin_dir: Path, names: tuple[str, ...] = NAMES
     _fsync_dir(bin_dir)
     _prune(store, keep={build, *previous})
     return bin_dir / names[0]
+
+
+def _own_store(store: Path) -> None:
+    """BIN/.pycni: made DIR_MODE; an existing one must be the user's, and loses group/other write."""
+    try:
+        st = os.lstat(store)
+    except FileNotFoundError:
+        store.mkdir(mode=DIR_MODE)
+        _own(store, DIR_MODE)
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise CNIError("unsafe install directory", f"{store} is not a directory of uid {os.geteuid()} "
+                       f"(uid {st.st_uid}, mode {st.st_mode & 0o7777:o}): remove it and install again")
+    if st.st_mode & 0o022:
+        _own(store, DIR_MODE)
+
+
+def _tampered(build: Path) -> bool:
+    """Whether anything in an installed build is another user's or writable by group/others."""
+    for dirpath, dirnames, filenames in os.walk(build):
+        for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            st = os.lstat(path)
+            if (st.st_uid != os.geteuid()) or (not os.path.islink(path) and st.st_mode & 0o022):
+                return True
+    return False
 
 
 def _ours_or_absent(path: Path) -> bool:
@@ -184,6 +277,7 @@ def _replace_symlink(link: Path, target: str) -> None:
     except FileNotFoundError:
         pass
     os.symlink(target, tmp)
+    _own(tmp, None)
     os.replace(tmp, link)
 
 
@@ -211,7 +305,7 @@ def _prune(store: Path, keep: set[str]) -> None:
         try:
             retired_at = marker.stat().st_mtime
         except FileNotFoundError:
-            marker.touch()
+            _write_file(marker, b"", FILE_MODE)
             continue
         if now - retired_at > RETIRE_GRACE_SECONDS:
             shutil.rmtree(b, ignore_errors=True)
@@ -276,16 +370,10 @@ def conflist_filename(source: str, name: str | None = None) -> str:
 
 def install_conflist(conf: Mapping[str, Any], conf_dir: Path, filename: str) -> Path:
     validate_conflist(conf)
-    conf_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(conf_dir)
     final = conf_dir / filename
     tmp = conf_dir / f"{filename}.temp"
-    data = (json.dumps(conf, indent=2) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_file(tmp, (json.dumps(conf, indent=2) + "\n").encode(), FILE_MODE, sync=True)
     os.replace(tmp, final)
     _fsync_dir(conf_dir)
     return final
@@ -319,10 +407,10 @@ WantedBy=multi-user.target
 
 def install_helper_unit(bin_dir: Path, unit_dir: Path, socket: str) -> list[str]:
     """Write the unit (atomically) and, where systemd runs, enable and (re)start it."""
-    unit_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(unit_dir)
     path = unit_dir / HELPER_UNIT
     tmp = unit_dir / f".{HELPER_UNIT}.{os.getpid()}"
-    tmp.write_text(helper_unit(bin_dir, socket))
+    _write_file(tmp, helper_unit(bin_dir, socket).encode(), FILE_MODE)
     os.replace(tmp, path)
     done = [str(path)]
     if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):

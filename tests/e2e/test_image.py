@@ -1,5 +1,6 @@
 """The DaemonSet image (build/image.sh), run by containerd as the DaemonSet would run it: host
-network (the node namespace), NET_ADMIN + NET_RAW, the node's /opt/cni/bin, /etc/cni/net.d and
+network (the node namespace), the manifest's securityContext (its capabilities only, default
+seccomp, read-only root), the node's /opt/cni/bin, /etc/cni/net.d and
 /run/pycni mounted. Its agent, fed Node objects in the API's JSON, installs the plugin on the
 "host", writes the conflist, routes the other node's pod CIDR and sets up masquerade; the plugin
 it installed then adds a pod with that conflist. Run as the DaemonSet runs it (--helper), the agent
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,25 @@ from tests.k8s_nodes import node_list, node_object
 from .conftest import ROOT, Sandbox, have, pids_with, wait_for
 
 IMAGE = f"localhost/pycni:{PYCNI}"
+# what `ctr run` gives a container unless told otherwise (containerd's default OCI spec)
+CTR_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+                    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")
+
+
+def manifest_security() -> list[str]:
+    """`ctr run` flags for manifests/pycni.yaml's securityContext: its capabilities exactly (ctr
+    has no `drop ALL`: every default not added is dropped), the default seccomp profile, a
+    read-only root file system."""
+    import yaml
+
+    ds = next(o for o in yaml.safe_load_all((ROOT / "manifests" / "pycni.yaml").read_text())
+              if o and o["kind"] == "DaemonSet")
+    sc = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    add = sc["capabilities"]["add"]
+    flags = [f for c in add for f in ("--cap-add", f"CAP_{c}")]
+    flags += [f for c in CTR_DEFAULT_CAPS if c not in add for f in ("--cap-drop", f"CAP_{c}")]
+    return flags + ["--seccomp"] + (["--read-only"] if sc["readOnlyRootFilesystem"] else [])
 
 pytestmark = pytest.mark.skipif(not have("containerd", "ctr", "runc"),
                                 reason="containerd/runc missing (scripts/setup.sh installs them)")
@@ -66,8 +87,7 @@ def test_daemonset_image_configures_the_node(node, tmp_path, image):
         for src, dst in ((host["opt-cni-bin"], "/host/opt/cni/bin"), (host["etc-cni-net.d"], "/host/etc/cni/net.d"),
                          (host["run-pycni"], "/run/pycni"), (host["data"], "/data")):
             mounts += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:rw"]
-        run = box.enter(*ctr, "run", "--rm", "--net-host", "--cap-add", "CAP_NET_ADMIN",
-                        "--cap-add", "CAP_NET_RAW", *mounts, "--env", "NODE_NAME=node-a",
+        run = box.enter(*ctr, "run", "--rm", "--net-host", *manifest_security(), *mounts, "--env", "NODE_NAME=node-a",
                         "--env", "PYCNI_LOG_FILE=/run/pycni/agent.log", IMAGE, "agent",
                         "/opt/pycni/agent/pycni-agent", "--from=/opt/pycni/plugin",
                         "--bin-dir=/host/opt/cni/bin", f"--node-bin-dir={host['opt-cni-bin']}",
@@ -98,7 +118,9 @@ def test_daemonset_image_configures_the_node(node, tmp_path, image):
 
 def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, image):
     """manifests/pycni.yaml's container: the bin dir mounted at the node's own path, the agent run
-    with --helper, SYS_ADMIN + SYS_CHROOT (the helper's child enters the caller's namespaces). A
+    with --helper, the manifest's securityContext (SYS_ADMIN + SYS_CHROOT: the helper's child enters
+    the caller's namespaces); a flood of idle and slow connections to its metrics port stops
+    neither the agent nor its probes. A
     pod added on the node is served by that helper; a helper that dies is started again."""
     bin_dir, conf_dir, run_dir, data = (tmp_path / d for d in ("opt-cni-bin", "etc-cni-net.d", "run-pycni", "data"))
     for d in (bin_dir, conf_dir, run_dir, data):
@@ -120,8 +142,7 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
         for src, dst in ((bin_dir, bin_dir), (conf_dir, "/host/etc/cni/net.d"), (run_dir, "/run/pycni"),
                          (run_dir, run_dir), (data, "/data")):
             mounts += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:rw"]
-        caps = [a for c in ("NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_CHROOT") for a in ("--cap-add", f"CAP_{c}")]
-        box.enter(*ctr, "run", "-d", "--log-uri", f"file://{agent_log}", "--net-host", *caps, *mounts,
+        box.enter(*ctr, "run", "-d", "--log-uri", f"file://{agent_log}", "--net-host", *manifest_security(), *mounts,
                   "--env", "NODE_NAME=node-a", IMAGE, "agent", "/opt/pycni/agent/pycni-agent",
                   "--from=/opt/pycni/plugin", f"--bin-dir={bin_dir}", "--conf-dir=/host/etc/cni/net.d",
                   f"--data-dir={run_dir / 'ipam'}", "--cluster-cidr=10.244.0.0/16",
@@ -152,6 +173,22 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
         assert 'pycni_ipam_addresses{network="pycni",range="10.244.0.0/24",state="used"} 1.0' in scrape
         assert "pycni_helper_fallbacks_total" not in scrape.replace("# HELP pycni_helper_fallbacks_total", "") \
             .replace("# TYPE pycni_helper_fallbacks_total", "")      # served by the helper: no fallback
+
+        # issue 28 row 6 on the real agent: 2,000 idle and 100 slow connections to its metrics port
+        import sys
+
+        flood = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable,
+                                  str(ROOT / "tests" / "integration" / "flood_app.py"), "127.0.0.1", "9152", "2000", "100"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().startswith("ready")
+            time.sleep(3)
+            for path in ("/healthz", "/readyz"):
+                assert node.sh("curl", "-sf", "-m", "5", f"http://127.0.0.1:9152{path}").strip() == "ok"
+            assert "RUNNING" in box.enter(*ctr, "task", "ls", check=False).stdout
+        finally:
+            flood.kill()
+            flood.wait()
 
         # the helper dies: the agent starts another, which serves the DEL
         first = [p for p in pids_with(str(bin_dir)) if _is_helper(p)]

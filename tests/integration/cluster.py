@@ -86,13 +86,14 @@ class Cluster:
         assert proc.returncode == 0 or not check, proc.stderr + proc.stdout
         return proc.stdout
 
-    def start_agent(self, name: str, kubeconfig: str, *extra: str) -> "Agent":
-        """`pycni agent` on node `name` against an API server, kept running (stopped by close)."""
+    def start_agent(self, name: str, kubeconfig: str, *extra: str, wrap: tuple | list = ()) -> "Agent":
+        """`pycni agent` on node `name` against an API server, kept running (stopped by close);
+        `wrap`: a command that runs it (setpriv with fewer capabilities)."""
         node = self.nodes[name]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         env["PYCNI_LOG_FILE"] = str(node.log_file)
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", node.name, sys.executable, "-m", "cni", "agent", "--node-name", name,
+            ["ip", "netns", "exec", node.name, *wrap, sys.executable, "-m", "cni", "agent", "--node-name", name,
              "--kubeconfig", kubeconfig, "--from", "none", "--conf-dir", str(node.tmp / "net.d"),
              "--data-dir", str(node.data_dir), "--policy-dir", str(node.tmp / "policy"),
              "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00:10:244::/56",

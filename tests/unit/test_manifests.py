@@ -119,6 +119,11 @@ def test_daemonset_contract():
     caps = agent["securityContext"]["capabilities"]["add"]
     assert {"NET_ADMIN", "NET_RAW"} <= set(caps)
     assert {"SYS_ADMIN", "SYS_CHROOT"} <= set(caps)          # the helper's setns into the caller's
+    sc = agent["securityContext"]     # issue 28 row 14 (each capability tested: test_capabilities.py)
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    metrics_host = next(a for a in agent["args"] if a.startswith("--metrics-address=")).split("=")[1].rpartition(":")[0]
+    assert metrics_host == "127.0.0.1"                       # issue 28 row 6: out of pods' reach
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     host = {volumes[m["name"]]: path for path, m in mounts.items()}

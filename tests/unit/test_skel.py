@@ -147,6 +147,46 @@ def test_parse_cni_args():
         request.parse_cni_args("A=1=2;IgnoreUnknown=1")
 
 
+@pytest.mark.parametrize("key,value,ok", [
+    ("K8S_POD_NAME", "web-0", True), ("K8S_POD_NAME", "a.b-c.d", True), ("K8S_POD_NAME", "x" * 253, True),
+    ("K8S_POD_NAME", "web\nforged", False), ("K8S_POD_NAME", "Web", False), ("K8S_POD_NAME", "-a", False),
+    ("K8S_POD_NAME", "a.", False), ("K8S_POD_NAME", "x" * 254, False), ("K8S_POD_NAME", "../etc", False),
+    ("K8S_POD_NAMESPACE", "kube-system", True), ("K8S_POD_NAMESPACE", "a.b", False),
+    ("K8S_POD_NAMESPACE", "x" * 64, False), ("K8S_POD_NAMESPACE", "ns\r", False),
+    ("K8S_POD_UID", "0b6c8d2e-31f4-4b54-a0a5-5d0c8e6e9f11", True), ("K8S_POD_UID", "u\x1b[2J", False),
+    ("K8S_POD_INFRA_CONTAINER_ID", "ab" * 32, True), ("K8S_POD_INFRA_CONTAINER_ID", "a b", False),
+])
+def test_k8s_names_in_cni_args_are_checked(key, value, ok):
+    text = f"IgnoreUnknown=1;{key}={value}"
+    if ok:
+        assert request.parse_cni_args(text)[key] == value
+    else:
+        with pytest.raises(request.InvalidEnvironment) as e:
+            request.parse_cni_args(text)
+        assert e.value.code == 4 and key in e.value.details and "\n" not in e.value.details
+
+
+def test_del_with_a_bad_pod_name_drops_the_args_and_finishes():
+    env = {**BASE_ENV, "CNI_COMMAND": "DEL", "CNI_ARGS": "K8S_POD_NAME=a\nb"}
+    req = request.build_request(env, io.BytesIO(json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "x"}).encode()))
+    assert req.args == {}
+    with pytest.raises(request.InvalidEnvironment):
+        request.build_request({**env, "CNI_COMMAND": "ADD"},
+                              io.BytesIO(json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "x"}).encode()))
+
+
+def test_text_log_lines_escape_non_printables(tmp_path):
+    from cni.spec.log import Logger
+
+    lg = Logger()
+    lg.configure(str(tmp_path / "log"), "info", "ctx\n ", "text")
+    lg.stderr = io.StringIO()
+    lg.warning("pod web\n2026-01-01 ERROR forged\x1b[2J\u2028end")
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("ctx\\n pod web\\n2026-01-01 ERROR forged\\x1b[2J\\u2028end")
+    assert lg.stderr.getvalue().count("\n") == 1 and "\\n2026" in lg.stderr.getvalue()
+
+
 def test_valid_attachments():
     conf = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}
     assert request.valid_attachments(conf) == {("a", "eth0")}
