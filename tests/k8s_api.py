@@ -70,6 +70,16 @@ class FakeAPI:
             self.history.append((self.rv, kind, event, obj))
             self.cond.notify_all()
 
+    def terminate(self, kind: str, namespace: str, name: str) -> None:
+        """What a graceful delete does first: the object stays, with metadata.deletionTimestamp
+        set and its status (a Pod's podIPs included) as it was, until `delete` removes it (for a
+        Pod: after the kubelet stopped it, i.e. after its CNI DEL)."""
+        with self.cond:
+            obj = copy.deepcopy(self.objects[kind][(namespace, name)])
+        obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        obj["metadata"]["deletionGracePeriodSeconds"] = 30
+        self.put(kind, obj)
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self.cond:
             obj = self.objects[kind].pop((namespace, name))

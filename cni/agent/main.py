@@ -114,10 +114,12 @@ def run(args) -> int:
 
         if opts.policy_dir:
             # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
-            from cni.agent.policy import loop
+            from cni.agent.policy import enforce, loop
 
             load_config(args.kubeconfig)
-            loop.start(args.node_name, opts.policy_dir, metrics=metrics)
+            loop.start(args.node_name, opts.policy_dir, metrics=metrics,
+                       mine=lambda: enforce.local_view(on_change.last and on_change.last.conflist,
+                                                       opts.data_dir, opts.network))
         follow(on_change, args.kubeconfig)
         return 0
     finally:

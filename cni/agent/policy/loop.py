@@ -53,7 +53,8 @@ def parse_all(objects: dict[str, dict]) -> tuple[list, list, dict]:
 
 class PolicyLoop:
     def __init__(self, node: str, state_dir: str, every: float = 60.0, settle: float = 0.02,
-                 on_sync: Callable[[enforce.Outcome], None] | None = None, metrics=None):
+                 on_sync: Callable[[enforce.Outcome], None] | None = None, metrics=None,
+                 mine: Callable[[], enforce.Local] = enforce.Local):
         self.node, self.state_dir, self.every, self.settle = node, state_dir, every, settle
         self.objects: dict[str, dict | None] = {k: None for k in KINDS}
         self.cond = threading.Condition()
@@ -61,6 +62,7 @@ class PolicyLoop:
         self.changed_at: float | None = None     # the first change not in the kernel yet
         self.on_sync = on_sync
         self.metrics = metrics
+        self.mine = mine        # this node's ranges and IPAM holdings, read at each sync
 
     def update(self, kind: str, objects: dict) -> None:
         with self.cond:
@@ -88,7 +90,7 @@ class PolicyLoop:
                 changed_at, self.changed_at = self.changed_at, None
             m = self.metrics
             try:
-                outcome = enforce.sync(self.state_dir, self.node, *parse_all(snapshot))
+                outcome = enforce.sync(self.state_dir, self.node, *parse_all(snapshot), mine=self.mine())
             except Exception as e:      # the table in the kernel stays; try again soon
                 if m is not None:
                     m.sync_errors.labels("network policy").inc()
@@ -115,10 +117,11 @@ class PolicyLoop:
                 self.on_sync(outcome)
 
 
-def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None) -> PolicyLoop:
+def start(node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None,
+          mine: Callable[[], enforce.Local] = enforce.Local) -> PolicyLoop:
     """The watches and the loop, each in a daemon thread (the API client must be configured)."""
     loop = PolicyLoop(node, state_dir, on_sync=lambda outcome: print(outcome.summary(), flush=True),
-                      metrics=metrics)
+                      metrics=metrics, mine=mine)
     for kind in KINDS:
         threading.Thread(target=follow_objects, name=f"watch-{kind}", daemon=True,
                          args=(lister(kind), lambda objs, k=kind: loop.update(k, objs), stop, kind)).start()
