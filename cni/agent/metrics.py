@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import ipaddress
 import json
 import os
+import stat
 import threading
 import time
 from typing import Callable
@@ -185,18 +186,25 @@ def serve(metrics: Metrics, address: str, before_scrape: Callable[[], None]) -> 
     return server
 
 
-def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int, socket_path: str) -> None:
     """The helper's metrics (a hand-made node without the agent): the CNI calls from the record,
-    the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz when
-    its socket exists. Runs in a process of its own that the helper forks at its start."""
+    the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz while
+    the socket it serves (`socket_path`, whatever its name) is there. Runs in a process of its own
+    that the helper forks at its start."""
     metrics = Metrics()
     record = CallRecord(calls_file, metrics.count_call)
     for net in networks(conf_dir):
         if net.data_dir is not None:
             metrics.registry.register(ipam_collector(net.data_dir, net.name, partial(conflist_ranges, net.conflist)))
     metrics.alive["helper"] = lambda: os.getppid() == helper_pid
-    socket_path = os.path.join(os.path.dirname(calls_file), "helper.sock")
-    metrics.ready["helper socket"] = lambda: os.path.exists(socket_path)
+    metrics.ready["helper socket"] = partial(_is_socket, socket_path)
     server = serve(metrics, address, record.drain)
     while os.getppid() == helper_pid:
         time.sleep(5.0)

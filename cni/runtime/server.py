@@ -155,7 +155,7 @@ def _start_metrics(serve_metrics, path: str, address: str, conf_dir: str, server
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
         die_with(helper, signal.SIGTERM)
-        serve_metrics(address, os.path.join(os.path.dirname(path), "calls.log"), conf_dir, helper)
+        serve_metrics(address, os.path.join(os.path.dirname(path), "calls.log"), conf_dir, helper, path)
     except BaseException as e:
         code = 1
         try:
@@ -169,7 +169,7 @@ def _start_metrics(serve_metrics, path: str, address: str, conf_dir: str, server
 def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d",
           serve_metrics=None) -> int:
     """Serve calls on `path` until SIGTERM (or re-execute when the executable became a new build).
-    With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid)` runs in a
+    With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid, path)` runs in a
     process of its own (handed in by the command line: the metrics server is not the runtime's)."""
     if metrics_address and serve_metrics is None:
         raise ValueError("a metrics address needs the metrics server to run there")
