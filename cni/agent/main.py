@@ -49,6 +49,13 @@ def add_arguments(p) -> None:
                    help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
                         "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
                         "restarts it if it exits. With --nodes-file the agent then stays until stopped")
+    p.add_argument("--cri-socket", metavar="PATH",
+                   help="the container runtime's CRI socket, asked which pods exist before CNI GC (default: "
+                        "the first of /run/containerd/containerd.sock, /var/run/crio/crio.sock that exists)")
+    p.add_argument("--gc-every", type=float, default=300.0, metavar="SECONDS",
+                   help="run CNI GC on this node's network at start and this often (0: never; default 300)")
+    p.add_argument("--gc-grace", type=float, default=120.0, metavar="SECONDS",
+                   help="GC keeps an attachment whose reservation is younger than this (default 120)")
 
 
 class Syncer:
@@ -107,8 +114,10 @@ def run(args) -> int:
             with open(args.nodes_file, encoding="utf-8") as f:
                 on_change(parse_node_list(json.load(f)))
             if helper is not None or metrics is not None:
+                _collect_garbage(args, conf_dir, metrics)
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
+        _collect_garbage(args, conf_dir, metrics)
         # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
         from cni.agent.watch import follow, load_config
 
@@ -160,6 +169,14 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
     print(f"agent: metrics on http://{args.metrics_address}/metrics (calls from {calls_file})", flush=True)
     metrics.server = server
     return metrics
+
+
+def _collect_garbage(args, conf_dir: Path, metrics) -> None:
+    """CNI GC at start and every --gc-every seconds (cni/agent/gc.py)."""
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    from cni.agent import gc
+
+    gc.start(args, str(conf_dir), metrics)
 
 
 def _policy_dir(args) -> str | None:

@@ -52,6 +52,11 @@ class Metrics:
         self.policy_latency = Histogram("pycni_network_policy_enforce_seconds", "from a change seen by the "
                                         "agent to the kernel's table holding it", registry=r,
                                         buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+        self.gc_rounds = Counter("pycni_gc_rounds", "the agent's CNI GC rounds, done or skipped (the "
+                                 "runtime could not tell its pods, a call held its lock too long)", ["outcome"],
+                                 registry=r)
+        self.gc_reclaimed = Counter("pycni_gc_reclaimed", "what the agent's CNI GC released of attachments "
+                                    "whose DEL never came", ["kind"], registry=r)   # addresses, rules, interfaces
         self.ready: dict[str, object] = {}           # name: bool, or a callable answering it
         self.alive: dict[str, Callable[[], bool]] = {}
 
