@@ -13,9 +13,10 @@ Whatever is in doubt is kept:
     reads what exists and the GC; a call that holds a stripe longer than LOCK_WAIT seconds makes
     the round give up (calls of other pods wait at most that long).
 
-A round: take the locks, read the attachments the node holds (IPAM reservations, the veths'
-aliases), ask the runtime, decide (`decide`, pure), run GC (cni.tools.driver, the installed
-plugin), count what went (addresses, firewall rules, interfaces) into the metrics.
+A round: ask the runtime (nothing is touched when it does not answer), take the locks, read the
+attachments the node holds (IPAM reservations, the veths' aliases), decide (`decide`, pure), run
+GC (cni.tools.driver, the installed plugin), count what went (addresses, firewall rules,
+interfaces) into the metrics.
 """
 
 from __future__ import annotations
@@ -180,15 +181,16 @@ def run_once(conflist_path: str, bin_dir: str, list_sandboxes: Callable[[], list
     if not os.path.exists(conflist_path):
         return Round(f"no conflist at {conflist_path} yet")
     net = network_of(conflist_path)
+    try:
+        # first, before anything is locked or created: a sandbox made after this answer has a
+        # reservation younger than the grace period (or an ADD in flight, which the locks wait for)
+        live = list_sandboxes()
+    except Exception as e:          # whatever the runtime says or not: in doubt
+        return Round(f"the runtime cannot tell its pods ({type(e).__name__}: {e})")
     with every_attachment_locked(calls_dir) as locked:
         if not locked:
             return Round(f"a call held an attachment lock in {calls_dir} past {LOCK_WAIT:.0f} s")
-        found = seen(net)
-        try:
-            live = list_sandboxes()
-        except Exception as e:          # whatever the runtime says or not: in doubt
-            return Round(f"the runtime cannot tell its pods ({type(e).__name__}: {e})")
-        decision = decide(found, live, clock(), grace)
+        decision = decide(seen(net), live, clock(), grace)
         before = footprint(net)
         netlist = {**net.conflist, "cniVersion": "1.1.0"}      # GC is 1.1.0's; the plugins are ours
         Driver(netlist, [bin_dir], env={**os.environ, "PYCNI_HELPER_SOCKET": os.path.join(
@@ -235,7 +237,7 @@ class Collector:
             m.gc_rounds.labels("done" if done.decision is not None else "skipped").inc()
             for kind, n in done.reclaimed.items():
                 m.gc_reclaimed.labels(kind).inc(n)
-        (log.info if done.decision is not None else log.warning)(done.summary())
+        log.info(done.summary())
         print(done.summary(), flush=True)
         return done
 

@@ -40,8 +40,10 @@ def test_a_call_holding_an_attachment_lock_makes_the_round_keep_everything(tmp_p
             gc.LOCK_WAIT = wait
     finally:
         os.close(fd)
-    assert done.decision is None and "held an attachment lock" in done.outcome and not asked
+    assert done.decision is None and "held an attachment lock" in done.outcome and asked == [1]
     # every stripe was released again: a call can take any of them now
+    assert gc.run_once(str(conflist), str(tmp_path), lambda: 1 / 0, str(tmp_path / "untouched"), 60).decision is None
+    assert not (tmp_path / "untouched").exists()         # a runtime that cannot tell: nothing made, nothing locked
     for name in sorted(os.listdir(calls)):
         fd = os.open(calls / name, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
