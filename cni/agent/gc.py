@@ -242,6 +242,9 @@ class Collector:
         return done
 
     def run(self) -> None:
+        # the first round once the agent wrote its conflist (with the API: after the first list)
+        while not os.path.exists(self.conflist_path) and not self.stopped.wait(1.0):
+            pass
         while not self.stopped.is_set():
             self.round()
             self.stopped.wait(self.every)
