@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 VERSION=$(.venv/bin/python -c 'from cni.spec.version import PYCNI; print(PYCNI)')
 IMAGE=${PYCNI_IMAGE:-localhost/pycni:$VERSION}
 bash build/build.sh
-.venv/bin/python -c "import prometheus_client" 2>/dev/null ||
-  bash scripts/pip.sh -e '.[agent]'
+.venv/bin/python -c "import prometheus_client, grpc, grpc_tools" 2>/dev/null ||
+  bash scripts/pip.sh -e '.[agent,build]'
+.venv/bin/python build/cri_stubs.py        # the agent's CRI stubs (its GC asks the runtime)
 rm -rf dist/pycni-agent
 .venv/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/.work build/pycni-agent.spec
 

@@ -77,13 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _helper_metrics(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:
+def _helper_metrics(address: str, calls_file: str, conf_dir: str, helper_pid: int, socket_path: str) -> None:
     # prometheus_client loads in the helper's metrics process only, never in the helper
     # whose forked children serve the calls
     # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
     from cni.agent.metrics import serve_for_helper
 
-    serve_for_helper(address, calls_file, conf_dir, helper_pid)
+    serve_for_helper(address, calls_file, conf_dir, helper_pid, socket_path)
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from cni.spec.errors import CNIError, InvalidConfig
 from cni.spec.result import IPConfig
 
 from ipam.config import IPAddress, IPAMConfig, Range, RangeSet
-from ipam.store import Store
+from ipam.store import Store, holds
 
 # plugin-specific code (>= 100): the range set has no free address
 CODE_EXHAUSTED = 100
@@ -123,12 +123,12 @@ def release_exactly(store: Store, container_id: str, ifname: str, ips: Iterable[
 
 def collect_garbage(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAddress]:
     """Release every reservation whose attachment is not in `valid`."""
-    valid = set(valid)
-    valid_ids = {cid for cid, _ in valid}
+    by_id: dict[str, set[str]] = {}
+    for cid, ifname in valid:
+        by_id.setdefault(cid, set()).add(ifname)
     gone = []
-    for ip, (cid, ifname) in store.holders().items():
-        keep = (cid, ifname) in valid if ifname else cid in valid_ids
-        if not keep:
+    for ip, holder in store.holders().items():
+        if not any(holds(holder, holder[0], ifname) for ifname in by_id.get(holder[0], ())):
             store.release(ip)
             gone.append(ip)
     store.prune()

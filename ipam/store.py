@@ -81,6 +81,13 @@ def _parse_holder(text: str) -> tuple[str, str]:
     return cid, ifname
 
 
+def holds(holder: tuple[str, str], container_id: str, ifname: str) -> bool:
+    """Whether a reservation whose holder `holders()` read as `holder` is the attachment's: an
+    id-only file (host-local's old format) is held by its container whatever the interface. DEL
+    (`held_by`), GC and `pycni inspect` all read holders so."""
+    return holder[0] == container_id and holder[1] in (ifname, "")
+
+
 class DiskStore:
     def __init__(self, network_dir: str, lock_timeout: float = 60.0):
         self.dir = network_dir

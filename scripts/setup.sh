@@ -34,4 +34,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 bash scripts/pip.sh -e ".$EXTRAS"
+if [ "$PROFILE" = test ]; then
+  .venv/bin/python build/cri_stubs.py      # the agent's CRI stubs (GC), generated from the CRI proto
+fi
 .venv/bin/pycni --version >/dev/null

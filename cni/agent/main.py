@@ -64,6 +64,13 @@ def add_arguments(p) -> None:
                    help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
                         "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
                         "restarts it if it exits. With --nodes-file the agent then stays until stopped")
+    p.add_argument("--cri-socket", metavar="PATH",
+                   help="the container runtime's CRI socket, asked which pods exist before CNI GC (default: "
+                        "the first of /run/containerd/containerd.sock, /var/run/crio/crio.sock that exists)")
+    p.add_argument("--gc-every", type=float, default=300.0, metavar="SECONDS",
+                   help="run CNI GC on this node's network at start and this often (0: never; default 300)")
+    p.add_argument("--gc-grace", type=float, default=120.0, metavar="SECONDS",
+                   help="GC keeps an attachment whose reservation is younger than this (default 120)")
 
 
 class Syncer:
@@ -143,6 +150,7 @@ def run(args) -> int:
                 print(f"pycni agent: {e}", flush=True)
                 return 1
             if helper is not None or metrics is not None:
+                _collect_garbage(args, conf_dir, metrics)
                 signal.pause()      # a one-shot sync that hosts the helper or serves metrics: until stopped
             return 0
         finally:
@@ -178,12 +186,15 @@ def _follow_cluster(args, opts: Options, on_change: "Syncer", metrics, helper) -
         log.error(f"agent: the API: {e}")
         print(f"pycni agent: the API: {e}", flush=True)
         return 1
+    _collect_garbage(args, Path(args.conf_dir), metrics)
     if opts.policy_dir:
         # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
-        from cni.agent.policy import loop
+        from cni.agent.policy import enforce, loop
 
         loop.start(cluster, args.node_name, opts.policy_dir, stop=stopping.is_set, metrics=metrics, writers=writers,
-                   linger=args.pod_watch_linger)
+                   linger=args.pod_watch_linger,
+                   mine=lambda: enforce.local_view(on_change.last and on_change.last.conflist,
+                                                   opts.data_dir, opts.network))
 
     syncing = threading.Lock()        # the watch's thread, and this one for the periodic sync
 
@@ -275,6 +286,14 @@ def _serve_metrics(args, opts: Options, conf_dir: Path):
           f"(calls from {calls_file})", flush=True)
     metrics.server = server
     return metrics
+
+
+def _collect_garbage(args, conf_dir: Path, metrics) -> None:
+    """CNI GC at start and every --gc-every seconds (cni/agent/gc.py)."""
+    # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+    from cni.agent import gc
+
+    gc.start(args, str(conf_dir), metrics)
 
 
 def _policy_dir(args) -> str | None:

@@ -15,6 +15,7 @@ from functools import partial
 import ipaddress
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -54,6 +55,11 @@ class Metrics:
         self.policy_latency = Histogram("pycni_network_policy_enforce_seconds", "from a change seen by the "
                                         "agent to the kernel's table holding it", registry=r,
                                         buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+        self.gc_rounds = Counter("pycni_gc_rounds", "the agent's CNI GC rounds, done or skipped (the "
+                                 "runtime could not tell its pods, a call held its lock too long)", ["outcome"],
+                                 registry=r)
+        self.gc_reclaimed = Counter("pycni_gc_reclaimed", "what the agent's CNI GC released of attachments "
+                                    "whose DEL never came", ["kind"], registry=r)   # addresses, rules, interfaces
         self.ready: dict[str, object] = {}           # name: bool, or a callable answering it
         self.alive: dict[str, Callable[[], bool]] = {}
 
@@ -245,18 +251,25 @@ class MetricsServer:
         await writer.drain()
 
 
-def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int) -> None:
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def serve_for_helper(address: str, calls_file: str, conf_dir: str, helper_pid: int, socket_path: str) -> None:
     """The helper's metrics (a hand-made node without the agent): the CNI calls from the record,
-    the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz when
-    its socket exists. Runs in a process of its own that the helper forks at its start."""
+    the IPAM ranges of the conflists in `conf_dir`; /healthz while the helper lives, /readyz while
+    the socket it serves (`socket_path`, whatever its name) is there. Runs in a process of its own
+    that the helper forks at its start."""
     metrics = Metrics()
     record = CallRecord(calls_file, metrics.count_call)
     for net in networks(conf_dir):
         if net.data_dir is not None:
             metrics.registry.register(ipam_collector(net.data_dir, net.name, partial(conflist_ranges, net.conflist)))
     metrics.alive["helper"] = lambda: os.getppid() == helper_pid
-    socket_path = os.path.join(os.path.dirname(calls_file), "helper.sock")
-    metrics.ready["helper socket"] = lambda: os.path.exists(socket_path)
+    metrics.ready["helper socket"] = partial(_is_socket, socket_path)
     server = serve(metrics, address, record.drain)
     while os.getppid() == helper_pid:
         time.sleep(5.0)

@@ -254,7 +254,7 @@ class _Metrics:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             die_with(helper, signal.SIGTERM)
             self.serve_metrics(self.address, os.path.join(os.path.dirname(self.path), "calls.log"),
-                               self.conf_dir, helper)
+                               self.conf_dir, helper, self.path)
         except BaseException as e:
             code = 1
             try:
@@ -296,7 +296,7 @@ class _Metrics:
 def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d",
           serve_metrics=None) -> int:
     """Serve calls on `path` until SIGTERM (or re-execute when the executable became a new build).
-    With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid)` runs in a
+    With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid, path)` runs in a
     process of its own (handed in by the command line: the metrics server is not the runtime's)."""
     if metrics_address and serve_metrics is None:
         raise ValueError("a metrics address needs the metrics server to run there")

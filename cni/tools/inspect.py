@@ -12,8 +12,11 @@
                   ifb alias (`pycni-bw/...`), with the redirect between them
     peers         the agent's record of the other nodes: direct, vxlan or unreachable (and why)
 
-`cross_check` is pure: it joins the sources on the attachment hash and lists what does not add
-up — an address without an interface (a leak: the range shrinks), an interface without an
+`cross_check` is pure: it joins the sources on one identity, the attachment hash (whatever form
+the veth's alias has: a hashed alias of a long id names the network by its hash, resolved against
+the networks found; the container id and ifname then come from the reservation), reads holders
+as DEL and GC do (a host-local id-only reservation is its container's, whatever the ifname), and
+lists what does not add up — an address without an interface (a leak: the range shrinks), an interface without an
 address, firewall rules or policy records without an interface. `--check` exits 1 when there are
 any, as `calicoctl ipam check` does for Calico.
 """
@@ -121,8 +124,9 @@ def interfaces() -> list[dict]:
             hashed = alias.split("#")
             if len(hashed) != 3 or hashed[0] != "pycni":
                 continue
-            network, cid, ifname, h = f"#{hashed[1]}", "?", "?", hashed[2]
-        out.append({"network": network, "container_id": cid, "ifname": ifname, "hash": h, "index": m["index"],
+            network, cid, ifname, h = "", "?", "?", hashed[2]
+        out.append({"network": network, "network_hash": network_hash(network) if network else hashed[1],
+                    "container_id": cid, "ifname": ifname, "hash": h, "index": m["index"],
                     "veth": attr(m, "IFLA_IFNAME", ""), "bridge": by_index.get(attr(m, "IFLA_MASTER", 0), ""),
                     "mac": attr(m, "IFLA_ADDRESS", "")})
     peers = _peer_namespaces()
@@ -248,20 +252,31 @@ def cross_check(nets: list[Network], links: list[dict], held: dict[str, dict[str
                 ifbs: list[dict] | None = None) -> Report:
     atts: dict[str, Attachment] = {}
     problems: list[str] = []
+    by_network_hash = {network_hash(n.name): n.name for n in nets}
     for link in links:
-        a = atts.setdefault(link["hash"], Attachment(link["network"], link["container_id"], link["ifname"],
-                                                     link["hash"]))
+        network = link["network"] or by_network_hash.get(link.get("network_hash", ""), f"#{link.get('network_hash')}")
+        a = atts.setdefault(link["hash"], Attachment(network, link["container_id"], link["ifname"], link["hash"]))
         a.host_veth, a.bridge, a.mac = link["veth"], link["bridge"], link["mac"]
         a.netns = link.get("netns", "")
     with_ipam = {n.name for n in nets if n.data_dir is not None}
     for network, addrs in held.items():
+        ifnames = {a.ifname for a in atts.values() if a.network == network and a.ifname != "?"} | {"eth0"}
         for ip, (cid, ifname) in sorted(addrs.items()):
-            h = names.attachment_hash(network, cid, ifname)
-            if h not in atts:
+            # the attachment(s) holding it: one hash, or for an id-only file each of its container's
+            found = [h for h in dict.fromkeys(names.attachment_hash(network, cid, i) for i in ([ifname] if ifname else ifnames))
+                     if h in atts]
+            if not ifname:
+                found += [h for h, a in atts.items() if a.network == network and a.container_id == cid and h not in found]
+            if not found:
                 problems.append(f"address without interface: {network} {ip} held by {cid}/{ifname} "
                                 "(no host veth: a leaked reservation)")
                 continue
-            atts[h].addresses.append(ip)
+            for h in found:
+                a = atts[h]
+                if a.container_id == "?":       # a hashed alias: the reservation names it
+                    a.container_id = cid
+                    a.ifname = ifname or next(i for i in ifnames if names.attachment_hash(network, cid, i) == h)
+                a.addresses.append(ip)
     for a in atts.values():
         if a.network in with_ipam and not a.addresses:
             problems.append(f"interface without address: {a.network} {a.container_id}/{a.ifname} "

@@ -108,14 +108,18 @@ class Cluster:
         conflist = json.loads((self.nodes[name].tmp / "net.d" / "10-pycni.conflist").read_text())
         return {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
 
-    def add_pod(self, name: str, cid: str, k8s: tuple[str, str] | None = None) -> tuple[str, dict]:
-        """ADD a new pod namespace on node `name` (with CNI_ARGS naming the pod, as kubelet does)."""
+    def add_pod(self, name: str, cid: str, k8s: tuple[str, str] | None = None,
+                ip: str | None = None) -> tuple[str, dict]:
+        """ADD a new pod namespace on node `name` (with CNI_ARGS naming the pod, as kubelet does;
+        `ip`: the address asked for, CNI_ARGS IP=)."""
         node = self.nodes[name]
         conf = self.conf(name)
         pod = node.pod()
         self.namespaces.append(pod)
         sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=pod)
         args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={k8s[0]};K8S_POD_NAME={k8s[1]}" if k8s else ""
+        if ip:
+            args = f"{args or 'IgnoreUnknown=1'};IP={ip}"
         res = node.pycni("ADD", conf, pod, cid=cid, args=args)
         assert res.rc == 0, res.out
         return pod, res.out

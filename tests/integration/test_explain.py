@@ -158,16 +158,18 @@ def test_explain_agrees_with_the_kernel_trace(world):
 
 POLICY = """
 import ipaddress, sys
-from cni.agent.policy.enforce import sync
+from cni.agent.policy.enforce import local_view, sync
 from cni.agent.policy.objects import parse_policy, parse_pod
-a, b, state = sys.argv[1:4]
+a, b, state, role, data_dir = sys.argv[1:6]
 pod = lambda name, ip, labels: parse_pod({"metadata": {"namespace": "x", "name": name, "labels": labels},
                                           "spec": {"nodeName": "n"}, "status": {"podIP": ip}})
 pol = parse_policy({"metadata": {"namespace": "x", "name": "b-from-clients"}, "spec": {
     "podSelector": {"matchLabels": {"app": "b"}},
     "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": 80}]}]}})
-labels = {"app": "a", "role": "client"} if sys.argv[4] == "client" else {"app": "a"}
-sync(state, "n", [pol], [pod("a", a, labels), pod("b", b, {"app": "b"})], {"x": {}})
+labels = {"app": "a", "role": "client"} if role == "client" else {"app": "a"}
+# as the agent does: the node's IPAM vouches for the API addresses of its pods (no policy records here)
+sync(state, "n", [pol], [pod("a", a, labels), pod("b", b, {"app": "b"})], {"x": {}},
+     mine=local_view(None, data_dir, "xpl"))
 """
 
 
@@ -192,7 +194,7 @@ def test_explain_gives_the_network_policy_verdict_the_kernel_applies(world):
     node, outside, pods, ips = world
     state = str(node.tmp / "policy")
     for role, allowed in (("none", False), ("client", True)):
-        node.sh(sys.executable, "-c", POLICY, ips["a"], ips["b"], state, role)
+        node.sh(sys.executable, "-c", POLICY, ips["a"], ips["b"], state, role, str(node.data_dir))
         e = explain(node, "xpl-a", f"{ips['b']}:80/tcp")
         assert e["verdict"] == ("delivered" if allowed else "dropped"), e["hops"]
         assert any(r["table"] == "pycni-policy" for r in e["rules"]), e["hops"]

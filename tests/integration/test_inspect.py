@@ -73,3 +73,49 @@ def test_inspect_lists_attachments_and_check_finds_planted_leaks(node):
     (store / "10.88.0.200").unlink()
     for pod, cid in zip(pods, ("web", "other")):
         assert node.pycni("DEL", conf, pod, cid=cid).rc == 0
+
+
+def test_check_joins_a_hashed_alias_and_reads_id_only_reservations_as_del_and_gc(node):
+    """Issue 23 rows 7 and 8: a container id too long for a readable alias (the veth then carries
+    `pycni#<network hash>#<attachment hash>`) is one attachment with its reservation, firewall
+    elements and policy record, and a reservation really missing is reported; a host-local
+    id-only reservation of a live attachment is not a leak."""
+    conf = netconf(node, name="insp", ipMasq=True, backend="nftables", capabilities={"portMappings": True},
+                   networkPolicy=str(node.tmp / "policy"))
+    conf_dir = node.tmp / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-insp.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "insp", "plugins": [{k: v for k, v in conf.items()
+                                                             if k not in ("cniVersion", "name")}]}))
+    long_id = "c" * 300
+    pods = [node.pod(), node.pod()]
+    web = {**conf, "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    a = node.pycni("ADD", web, pods[0], cid=long_id, args="IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=long")
+    b = node.pycni("ADD", conf, pods[1], cid="short")
+    assert a.rc == 0 and b.rc == 0, (a.out, b.out)
+    assert "pycni#" in node.sh("ip", "-d", "link", "show")
+    ip_a, ip_b = (r.out["ips"][0]["address"].split("/")[0] for r in (a, b))
+    try:
+        rc, out = inspect(node, "--json", "--check")
+        report = json.loads(out)
+        assert rc == 0 and report["problems"] == [], report["problems"]
+        att = next(x for x in report["attachments"] if x["addresses"] == [ip_a])
+        assert (att["network"], att["container_id"], att["ifname"], att["pod"]) == ("insp", long_id, "eth0", "x/long")
+        assert att["host_ports"] == [f"tcp 8080 -> {ip_a}:80"] and att["firewall"] == "nftables"
+
+        # host-local's old format: the file names the container only
+        store = node.data_dir / "insp"
+        (store / ip_b).write_text("short")
+        rc, out = inspect(node, "--check")
+        assert rc == 0 and "0 problems" in out, out
+
+        # the long id's reservation really gone: reported, and nothing else is
+        saved = (store / ip_a).read_text()
+        (store / ip_a).unlink()
+        rc, out = inspect(node, "--check")
+        assert rc == 1 and "1 problems" in out, out
+        assert "interface without address: insp ?/? (veth" in out, out
+        (store / ip_a).write_text(saved)
+    finally:
+        for pod, cid in zip(pods, (long_id, "short")):
+            assert node.pycni("DEL", conf, pod, cid=cid).rc == 0

@@ -143,3 +143,26 @@ def test_the_helper_serves_metrics_on_a_node_without_the_agent(node):
     while fetch(node, "/healthz")[0] != 0:          # its metrics server went with it
         assert time.monotonic() < deadline, "the metrics server outlived the helper"
         time.sleep(0.2)
+
+
+def test_the_helpers_readiness_follows_the_socket_it_serves_whatever_its_name(node):
+    """Issue 23 row 9: /readyz looked for `helper.sock` beside the call record; a helper on
+    another name was never ready. Ready while its own socket is there, 503 once it is gone."""
+    (node.tmp / "net.d").mkdir()
+    sock = node.tmp / "cni-helper.socket"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    helper = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket",
+                               str(sock), "--metrics-address", f"127.0.0.1:{PORT}",
+                               "--conf-dir", str(node.tmp / "net.d")], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "metrics on" in helper.stderr.readline()
+        deadline = time.monotonic() + 20
+        while (got := fetch(node, "/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, f"the helper on {sock.name} never ready: {got}"
+            time.sleep(0.2)
+        (node.tmp / "helper.sock").write_text("")        # a file of the old fixed name does not count
+        sock.unlink()
+        assert fetch(node, "/readyz") == (503, "waiting for: helper socket\n\n")
+    finally:
+        helper.kill()
+        helper.wait(10)

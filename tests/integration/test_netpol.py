@@ -77,8 +77,9 @@ class World:
         self.settle()
         self.policies: set[tuple[str, str]] = set()
 
-    def add(self, key: str, node: str, publish: bool = True, serve: bool = True) -> tuple[str, list]:
-        pod, result = self.cluster.add_pod(node, f"cid-{key.replace('/', '-')}", tuple(key.split("/")))
+    def add(self, key: str, node: str, publish: bool = True, serve: bool = True, ip: str | None = None,
+            labels: dict | None = None) -> tuple[str, list]:
+        pod, result = self.cluster.add_pod(node, f"cid-{key.replace('/', '-')}", tuple(key.split("/")), ip)
         ips = [ipaddress.ip_interface(ip["address"]).ip for ip in result["ips"]]
         self.pods[key] = (pod, ips)
         if serve:
@@ -87,7 +88,7 @@ class World:
             self.cluster.servers.append(srv)
             assert ready_line(srv).strip() == "ready"
         if publish:      # what kubelet does after the ADD returned
-            self.api.put("pods", pod_object(key, node, ips))
+            self.api.put("pods", pod_object(key, node, ips, labels))
         return pod, ips
 
     def syncs(self) -> dict[str, int]:
@@ -466,3 +467,42 @@ def test_gc_forgets_the_sets_of_an_attachment_whose_del_never_came(w):
     assert len(records) == len(valid)
     w.change(w.api.delete, "pods", "x", "g")
     check(w, lambda s, d, *_: ns(d) != "x")          # the pods GC kept are untouched
+
+
+def test_a_reused_address_does_not_inherit_the_verdicts_of_the_pod_that_had_it(w):
+    """Issue 23 row 2: pod A's DEL is done but its terminating Pod object still lists its
+    address (as the API server keeps it until the object is removed); pod B is given that
+    address. B must not reach what only A could: the sync after A's DEL must not put A's API
+    address back into the sets, nor the sync after B's ADD."""
+    w.apply(policy("x", "friends-only", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "friend"}}}]}]}))
+    friend_labels = {"pod": "friend", "role": "friend"}
+    w.change(w.api.put, "pods", pod_object("y/friend", "node-a", labels=friend_labels))
+    w.change(w.api.put, "pods", pod_object("y/stranger", "node-a"))
+    added = []
+    try:
+        _, ips = w.add("y/friend", "node-a", serve=False, labels=friend_labels)
+        added.append("y/friend")
+        w.settle()
+        assert set(w.probe(sources=["y/friend"], targets=["x/a"]).values()) == {True}
+        # the kubelet stops A: the object is terminating (podIPs kept), then A's DEL
+        w.change(w.api.terminate, "pods", "y", "friend")
+        pod, _ = w.pods.pop("y/friend")
+        added.remove("y/friend")
+        w.cluster.del_pod("node-a", "cid-y-friend", pod, ("y", "friend"))
+        w.change(w.api.put, "pods", pod_object("y/stranger", "node-a", labels={"pod": "stranger"}))
+        assert str(ips[0]) not in table(w, "node-a"), "a sync after A's DEL put A's address back"
+        # B (unlabelled) gets A's address, before and after the API has it
+        w.add("y/stranger", "node-a", publish=False, serve=False, ip=str(ips[0]))
+        added.append("y/stranger")
+        assert w.pods["y/stranger"][1][0] == ips[0]
+        assert set(w.probe(sources=["y/stranger"], targets=["x/a"]).values()) == {False}
+        w.change(w.api.put, "pods", pod_object("y/stranger", "node-a", w.pods["y/stranger"][1]))
+        assert set(w.probe(sources=["y/stranger"], targets=["x/a"]).values()) == {False}
+        assert set(w.probe(sources=["y/b"], targets=["x/a"]).values()) == {False}
+    finally:
+        for key in added:
+            pod, _ = w.pods.pop(key)
+            w.cluster.del_pod("node-a", f"cid-{key.replace('/', '-')}", pod, tuple(key.split("/")))
+        for key in ("y/friend", "y/stranger"):
+            w.change(w.api.delete, "pods", *key.split("/"))

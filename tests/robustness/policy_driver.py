@@ -6,7 +6,9 @@ policy table as fast as it can, both through the state directory's lock.
 Every pod is x/p<worker> and selected by a deny-ingress policy, so from the moment its ADD
 returns its address must be in `ingress_iso4` (a pod that is not there is reachable by anyone:
 the race fails open), whatever the agent's sync did meanwhile; after its DEL, in no set (a reused
-address would inherit its verdicts). Checked after every call against the kernel's listing; at the
+address would inherit its verdicts). The agent's pods carry `status.podIPs` as the API would: the
+address of the pod's last ADD once it returned, kept after its DEL (a terminating Pod keeps it
+until the object is removed), so a sync after a DEL must not put it back. Checked after every call against the kernel's listing; at the
 end: no record, no element of any pod. Prints one summary line."""
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ def main() -> int:
             "ipam": {"type": "pycni-ipam", "dataDir": str(work / "ipam"), "ranges": [[{"subnet": "10.93.0.0/22"}]]}}
     policy = parse_policy({"metadata": {"namespace": "x", "name": "deny"},
                            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
-    pods = [parse_pod({"metadata": {"namespace": "x", "name": f"p{w}"}, "spec": {"nodeName": "n"}})
-            for w in range(args.workers)]
+    def pod(w: int, ip: str | None = None):
+        status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]} if ip else {"phase": "Pending"}
+        return parse_pod({"metadata": {"namespace": "x", "name": f"p{w}"}, "spec": {"nodeName": "n"},
+                          "status": status})
+
+    pods = [pod(w) for w in range(args.workers)]     # the agent thread reads the list as it is
     sync(state, "n", [policy], pods, {"x": {}})          # the agent's first sync: the table exists
     stop = threading.Event()
     syncs = [0]
@@ -90,9 +96,14 @@ def main() -> int:
             if res is None:
                 continue
             ip = res["ips"][0]["address"].split("/")[0]
+            pods[w] = pod(w, ip)            # the kubelet published it; it stays after the DEL
             isolated = ip in elements("ingress_iso4")
             if call("DEL", w, cid) is None:
                 continue
+            for _ in range(2):              # at least one whole agent sync after the DEL
+                seen = syncs[0]
+                while syncs[0] == seen and not stop.is_set():
+                    time.sleep(0.005)
             left = ip in all_elements()
             with lock:
                 counts["ADD"] += 1

@@ -127,13 +127,16 @@ def test_daemonset_contract():
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     host = {volumes[m["name"]]: path for path, m in mounts.items()}
-    assert set(host) == {"/opt/cni/bin", "/etc/cni/net.d", "/run/pycni", "/run/xtables.lock", "/var/run/netns"}
+    assert set(host) == {"/opt/cni/bin", "/etc/cni/net.d", "/run/pycni", "/run/xtables.lock", "/var/run/netns",
+                         "/run/containerd/containerd.sock"}
     assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
     args = dict(a.removeprefix("--").split("=", 1) for a in agent["args"])
     assert args["bin-dir"] == host["/opt/cni/bin"] and args["conf-dir"] == host["/etc/cni/net.d"]
     assert args["data-dir"].startswith(host["/run/pycni"])           # IPAM data on the node's tmpfs
     assert args["policy-dir"].startswith(host["/run/pycni"] + "/")   # policy state too; on by default
     assert "no-network-policy" not in args
+    # GC asks the node's runtime (kind: containerd) through its socket, mounted at the path given
+    assert host["/run/containerd/containerd.sock"] == args["cri-socket"] and "gc-every" not in args
     # the probes ask the agent's own server, on the port it serves
     port = int(args["metrics-address"].rpartition(":")[2])
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port, "host": "127.0.0.1"}

@@ -132,3 +132,36 @@ def test_sctp_ports_and_merged_ranges_render():
     assert text.startswith("add table inet pycni-policy\ndelete table inet pycni-policy\n")
     assert "set pending4 { type ipv4_addr; elements = { 10.244.0.99 } }" in text
     assert "ip daddr @pol0_sel4 meta l4proto . th dport @r0i0_ports return" in text
+
+
+def test_an_api_address_enters_sets_only_for_the_attachment_that_holds_it_now():
+    """Issue 23 row 2: a terminating Pod keeps status.podIPs after its DEL released the address;
+    the node's records and IPAM decide, not the API."""
+    from cni.agent.policy.enforce import Local, addresses
+
+    ip = ipaddress.ip_address
+    nets = (ipaddress.ip_network("10.244.0.0/24"),)
+    gone = pod("y/friend", node="n1", ips=("10.244.0.5",))          # DEL done, object still listed
+    reused = pod("y/stranger", node="n1", ips=())                   # ADD done, API not told yet
+    remote = pod("z/far", node="n2", ips=("10.244.1.7",))           # another node's range
+    stale = pod("z/moved", node="n2", ips=("10.244.0.9",))          # claims an address of our range
+    before = pod("z/old", node="n1", ips=("10.244.0.8",))           # attached before policies: no record
+    recorded = {("y/stranger".split("/")[0], "stranger"): [ip("10.244.0.5")]}
+    mine = Local(nets, frozenset({ip("10.244.0.5"), ip("10.244.0.8")}))
+    got = {p.key: p.ips for p in addresses([gone, reused, remote, stale, before], recorded, "n1", mine)}
+    assert got == {("y", "friend"): (), ("y", "stranger"): (ip("10.244.0.5"),),
+                   ("z", "far"): (ip("10.244.1.7"),), ("z", "moved"): (), ("z", "old"): (ip("10.244.0.8"),)}
+    # without the record (B not attached yet) the freed address is still nobody's
+    got = {p.key: p.ips for p in addresses([gone], {}, "n1", Local(nets, frozenset()))}
+    assert got == {("y", "friend"): ()}
+    # IPAM unreadable: no local API address is trusted
+    assert addresses([before], {}, "n1", Local(nets, None))[0].ips == ()
+    # and the compiled sets agree: a policy allowing friends has no element for the stranger's address
+    allow = pol({"podSelector": {"matchLabels": {"pod": "a"}},
+                 "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "f"}}}]}]})
+    friend = pod("y/friend", node="n1", ips=("10.244.0.5",), labels={"role": "f"})
+    protected = pod("x/a", node="n1", ips=("10.244.0.2",))
+    out = render(compile_policies([allow], addresses([friend, protected], {("x", "a"): [ip("10.244.0.2")]},
+                                                     "n1", Local(nets, frozenset())), {"x": {}, "y": {}}, "n1"),
+                 "inet t")
+    assert "10.244.0.5" not in out

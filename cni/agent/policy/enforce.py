@@ -4,6 +4,13 @@ compile, replace the table in one nft transaction, then rewrite what the plugin 
 (pods/, open-namespaces/) and the element lists of the records. See cni/firewall/policy.py for
 the layout.
 
+Which addresses a pod has: for this node's pods the plugin's records are the truth, not the API.
+A Pod object keeps `status.podIPs` until it is removed, long after its DEL released the address;
+trusting it would hand a former pod's verdicts to the next pod given that address. So an API
+address enters a set only when no record holds it for another pod, and, when it is one of this
+node's (its pod is scheduled here, or it is in this node's pod ranges), only while the node's
+IPAM holds it (a pod attached before policies were on has no record, but its reservation).
+
 `preconditions()` says why this node cannot enforce (the agent then enforces nothing: never half).
 """
 
@@ -20,7 +27,9 @@ from cni.agent.policy.objects import Pod, Policy
 from cni.firewall import nft
 from cni.firewall.policy import PENDING, TABLE, Locked, elements_of, read_json, read_records, write_json
 from cni.firewall.rules import IPT, resolve
+from cni.spec.errors import CNIError
 from cni.spec.log import log
+from ipam.store import DiskStore
 
 BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
 
@@ -73,6 +82,44 @@ def _sync_markers(base: str, names: Iterable[str]) -> None:
         os.unlink(os.path.join(base, n))
 
 
+@dataclasses.dataclass(frozen=True)
+class Local:
+    """What this node knows of its own addresses beside the records."""
+    nets: tuple = ()                      # this node's pod ranges
+    held: frozenset | None = None         # the addresses its IPAM holds now (None: not known)
+
+
+def local_view(conflist: Mapping | None, data_dir: str, network: str) -> Local:
+    """This node's pod ranges (from its conflist) and what its IPAM store holds now."""
+    ranges = []
+    for plugin in (conflist or {}).get("plugins") or ():
+        for rs in ((plugin.get("ipam") or {}).get("ranges") or ()) if plugin.get("type") == "pycni" else ():
+            ranges += [ipaddress.ip_network(r["subnet"]) for r in rs]
+    try:
+        held = frozenset(DiskStore(os.path.join(data_dir, network)).holders())
+    except CNIError as e:        # the store busy or unreadable: no local address is trusted
+        log.warning(f"agent: network policy: IPAM store of {network}: {e}")
+        held = None
+    return Local(tuple(ranges), held)
+
+
+def addresses(pods: list[Pod], recorded: Mapping[tuple[str, str], list], node: str,
+              mine: Local = Local()) -> list[Pod]:
+    """The pods with the addresses they hold now (see the module's docstring). Pure."""
+    holder = {ip: key for key, ips in recorded.items() for ip in ips}
+
+    def trusted(pod: Pod, ip) -> bool:
+        if ip in holder:
+            return False                  # recorded for another pod (its own records came first)
+        if pod.node == node or any(ip in net for net in mine.nets):
+            return mine.held is not None and ip in mine.held
+        return True
+
+    return [dataclasses.replace(p, ips=tuple(recorded[p.key]), node=node) if p.key in recorded
+            else p if not p.ips else dataclasses.replace(p, ips=tuple(ip for ip in p.ips if trusted(p, ip)))
+            for p in pods]
+
+
 @dataclasses.dataclass
 class Outcome:
     compiled: Compiled
@@ -86,7 +133,7 @@ class Outcome:
 
 
 def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
-         namespaces: Mapping[str, Mapping[str, str]]) -> Outcome:
+         namespaces: Mapping[str, Mapping[str, str]], mine: Local = Local()) -> Outcome:
     started = time.monotonic()
     with Locked(state_dir):
         records = read_records(state_dir)
@@ -95,8 +142,7 @@ def sync(state_dir: str, node: str, policies: list[Policy], pods: list[Pod],
             ips = recorded.setdefault(tuple(rec["pod"]), [])
             ips += [ipaddress.ip_address(a) for a in rec.get("ips") or () if a not in map(str, ips)]
         known = {p.key: p for p in pods}
-        merged = [dataclasses.replace(p, ips=tuple(recorded[p.key]), node=node) if p.key in recorded else p
-                  for p in pods]
+        merged = addresses(pods, recorded, node, mine)
         # a pod the API has not told us of is denied until classified, but only while some
         # policy exists: without one nothing is isolated (and Pods are not even watched)
         unknown = {k for k in recorded if k not in known} if policies else set()

@@ -58,12 +58,13 @@ class PolicyLoop:
     def __init__(self, node: str, state_dir: str, follow: Callable, every: float = EVERY, settle: float = 0.02,
                  on_sync: Callable[[enforce.Outcome], None] | None = None, metrics=None,
                  sync: Callable | None = None, linger: float = LINGER, writers: Writers | None = None,
-                 check_every: float = CHECK_EVERY, present: Callable[[], bool] | None = None):
+                 check_every: float = CHECK_EVERY, present: Callable[[], bool] | None = None,
+                 mine: Callable[[], enforce.Local] = enforce.Local):
         self.node, self.state_dir, self.every, self.settle, self.linger = node, state_dir, every, settle, linger
         self.check_every = check_every
         self.present = present or enforce.table_present
         self.follow = follow
-        self.sync = sync or (lambda *parts: enforce.sync(self.state_dir, self.node, *parts))
+        self.sync = sync or (lambda *parts: enforce.sync(self.state_dir, self.node, *parts, mine=self.mine()))
         self.writers = writers or Writers()
         self.cond = threading.Condition()
         self.changed = False
@@ -73,6 +74,7 @@ class PolicyLoop:
         self.followers: dict[str, object | None] = {k: None for k in KINDS}
         self.no_policies_since: float | None = None
         self.pod_watches = 0                      # Pod watches started (for the tests)
+        self.mine = mine        # this node's ranges and IPAM holdings, read at each sync
 
     def start(self) -> "PolicyLoop":
         for kind in ("namespaces", "networkpolicies"):
@@ -200,13 +202,15 @@ class PolicyLoop:
 
 
 def start(cluster, node: str, state_dir: str, stop: Callable[[], bool] = lambda: False, metrics=None,
-          writers: Writers | None = None, linger: float = LINGER) -> PolicyLoop:
-    """The followers and the loop, each in a daemon thread."""
+          writers: Writers | None = None, linger: float = LINGER,
+          mine: Callable[[], enforce.Local] = enforce.Local) -> PolicyLoop:
+    """The followers and the loop, each in a daemon thread. `mine()`: this node's pod ranges and
+    the addresses its IPAM holds, read at each sync (an API address counts only while held)."""
     def follow(kind: str, on_change: Callable[[], None]):
         return Follower(cluster, kind, PARSE[kind], on_change, until=stop).start()
 
     loop = PolicyLoop(node, state_dir, follow, on_sync=lambda outcome: print(outcome.summary(), flush=True),
-                      metrics=metrics, writers=writers, linger=linger).start()
+                      metrics=metrics, writers=writers, linger=linger, mine=mine).start()
     thread = threading.Thread(target=loop.run, name="policy", daemon=True, args=(stop,))
     thread.start()
     if metrics is not None:
