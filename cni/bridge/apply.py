@@ -238,23 +238,6 @@ def wait_port_up(ipr: Any, index: int, timeout: float = 2.0) -> None:
 # ---------------------------------------------------------------- DEL / GC
 
 
-def pod_addresses(path: str, ifname: str) -> list[IPInterface]:
-    """The addresses of `ifname` in the pod namespace at `path`; [] when the interface or the
-    namespace is gone."""
-    try:
-        with netns.entered(path):
-            ipr = open_rtnl()
-    except OSError as e:
-        if e.errno in (errno.EINVAL, errno.ENOENT):     # not a namespace any more: gone
-            return []
-        raise
-    try:
-        msg = lookup(ipr, ifname)
-        return addresses_of(ipr, msg["index"]) if msg is not None else []
-    finally:
-        ipr.close()
-
-
 @record
 class PodEnd:
     """The pod's interface as seen from inside its namespace."""
