@@ -164,6 +164,16 @@ def test_reference_pods_under_pycni(switch):
     # 1: CHECK through pycni recognises the reference's attachment and checks what is there
     chk = s.exec("check", "pycni", "a")
     assert chk.returncode == 0, chk.stdout + chk.stderr
+    # ... and what is not: under another network name the reference's chains would have other names
+    other = json.loads(s.lists["pycni"].read_text())
+    other["name"] = "othernet"
+    s.lists["other"] = s.node.tmp / "other.conflist"
+    s.lists["other"].write_text(json.dumps(other))
+    cache = s.node.tmp / "cache"
+    for f in cache.glob("**/testnet-a-eth0"):
+        shutil.copy(f, f.with_name("othernet-a-eth0"))
+    chk = s.exec("check", "other", "a")
+    assert chk.returncode != 0 and "firewall rule missing" in chk.stdout, chk.stdout + chk.stderr
 
     # 2, 3: DEL through pycni removes the reference's veth pair, rules and chains
     dele = s.exec("del", "pycni", "a")
