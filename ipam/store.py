@@ -20,7 +20,11 @@ name: a link left by a crash, or an address since released and taken again, is a
 (or none) and does not count. The links are made before the address name (so every reservation
 made here has one) and removed with it; a directory without `complete` (written by host-local or
 an older pycni) gets its links from one full scan first. Reservations host-local writes into it
-afterwards have no link: switching a node back and forth between the two is not supported.
+afterwards have no link; that matters only to ADD's question about the very attachment host-local
+reserved for (the same pod ADDed again through pycni would get a second address, both released by
+its DEL, which reads every file). No address is ever handed out twice, since that rests on the
+address names, never on the links: a node switches between the two in both directions, each
+releasing what the other reserved (tests/migration/test_switch.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT_TIERS = {"integration": "network namespaces", "robustness": "network namespaces",
+              "migration": "network namespaces",
               "e2e": "namespaces, mounts, runtimes"}
 
 

@@ -238,21 +238,51 @@ def wait_port_up(ipr: Any, index: int, timeout: float = 2.0) -> None:
 # ---------------------------------------------------------------- DEL / GC
 
 
-def pod_addresses(path: str, ifname: str) -> list[IPInterface]:
-    """The addresses of `ifname` in the pod namespace at `path`; [] when the interface or the
-    namespace is gone."""
+@record
+class PodEnd:
+    """The pod's interface as seen from inside its namespace."""
+    index: int
+    peer: int           # IFLA_LINK: a veth's peer, by its index in the peer's namespace (0: none)
+    addresses: tuple
+
+
+def pod_end(path: str, ifname: str) -> PodEnd | None:
+    """`ifname` in the pod namespace at `path`, or None when it or the namespace is gone."""
     try:
         with netns.entered(path):
             ipr = open_rtnl()
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ENOENT):     # not a namespace any more: gone
-            return []
+            return None
         raise
     try:
         msg = lookup(ipr, ifname)
-        return addresses_of(ipr, msg["index"]) if msg is not None else []
+        if msg is None:
+            return None
+        return PodEnd(msg["index"], attr(msg, "IFLA_LINK", 0), tuple(addresses_of(ipr, msg["index"])))
     finally:
         ipr.close()
+
+
+def host_end(ipr: Any, pod: PodEnd, bridge: str) -> Any | None:
+    """The host end of the pod's veth whatever its name (the reference names it vethXXXXXXXX):
+    the link at the pod interface's peer index that is a veth, names the pod interface as its own
+    peer in another namespace, and is a port of `bridge`; else None."""
+    if not pod.peer:
+        return None
+    try:
+        msg = ipr.link_by_index(pod.peer)
+    except Exception as e:
+        if netlink_errno(e) in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise failed(f"look up link {pod.peer}", e) from None
+    if msg is None or link_kind(msg) != "veth" or attr(msg, "IFLA_LINK") != pod.index \
+            or msg.get_attr("IFLA_LINK_NETNSID") is None:
+        return None
+    br = lookup(ipr, bridge)
+    if br is None or msg.get_attr("IFLA_MASTER") != br["index"]:
+        return None
+    return msg
 
 
 def attachments_on_host(ipr: Any, network: str) -> list[tuple[str, str]]:

@@ -18,7 +18,9 @@ def _fail(what: str, details: str) -> CNIError:
     return CNIError(f"CHECK failed: {what}", details)
 
 
-def check_attachment(conf: NetConf, req: Request, prev: Result) -> None:
+def check_attachment(conf: NetConf, req: Request, prev: Result) -> bool:
+    """Raises the first mismatch; True when the host veth is pycni's (by its name), False when
+    another plugin made the attachment (the reference: the host end found as the pod's peer)."""
     mine = [i for i, iface in enumerate(prev.interfaces)
             if iface.name == req.ifname and iface.sandbox == req.netns]
     if not mine:
@@ -49,8 +51,14 @@ def check_attachment(conf: NetConf, req: Request, prev: Result) -> None:
             raise _fail("bridge missing", f"{conf.bridge} is not a bridge on the host")
         veth_name = names.host_veth_name(conf.name, req.container_id, req.ifname)
         veth = links.lookup(host, veth_name)
-        if veth is None:
-            raise _fail("host veth missing", veth_name)
+        ours = veth is not None
+        if veth is None:    # made by another plugin (the reference): the pod interface's peer
+            peer = link.get_attr("IFLA_LINK") or 0
+            veth = apply.host_end(host, apply.PodEnd(link["index"], peer, ()), conf.bridge)
+            if veth is None:
+                raise _fail("host veth missing", f"{veth_name}, and {req.ifname}'s peer (link {peer}) "
+                            f"is no veth port of {conf.bridge} paired with it")
+            veth_name = links.attr(veth, "IFLA_IFNAME", "")
         if veth.get_attr("IFLA_MASTER") != bridge["index"]:
             raise _fail("host veth not on the bridge", f"{veth_name} is not a port of {conf.bridge}")
         peer = link.get_attr("IFLA_LINK")
@@ -58,3 +66,4 @@ def check_attachment(conf: NetConf, req: Request, prev: Result) -> None:
             raise _fail("veth peer differs", f"{req.ifname} is paired with link {peer}, not {veth_name}")
     finally:
         host.close()
+    return ours

@@ -74,11 +74,22 @@ class _Problems:
         raise CNIError(f"failed to {step}", str(first)) from first
 
 
-def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list) -> Any:
+def firewall_spec(conf: config.NetConf, req: Request, pod_ips: list, deleting: bool = False) -> Any:
+    """The attachment's firewall data. For DEL (`deleting`) the config may not name what ADD made
+    (a DEL without the capability args ADD had): teardown also finds the elements by their tag,
+    and removes what the reference plugins made for the pod."""
     from cni.firewall.rules import FirewallSpec  # lazy: per call, only what this command and config need
 
     return FirewallSpec(conf.name, req.container_id, req.ifname, tuple(pod_ips), conf.port_mappings,
-                        conf.ip_masq, conf.firewall, exhaustive=conf.complete)
+                        conf.ip_masq, conf.firewall, exhaustive=conf.complete and not deleting,
+                        reference=deleting)
+
+
+def _may_map_ports(conf: config.NetConf, req: Request) -> bool:
+    """Whether ADD may have made firewall elements for the pod: masquerade, mappings now, or a
+    config that declares the portMappings capability (its DEL may come without them)."""
+    caps = req.config.get("capabilities")
+    return conf.wants_firewall or not conf.complete or (isinstance(caps, dict) and bool(caps.get("portMappings")))
 
 
 class BridgePlugin:
@@ -151,22 +162,24 @@ class BridgePlugin:
         conf = config.parse_for_delete(req.config, req.args)
         problems = _Problems(f"DEL {req.container_id}/{req.ifname}")
         pod_ips = [ip.address for ip in conf.prev_result.ips] if conf.prev_result else []
-        # the pod is only read, for its addresses, when the firewall needs them and prevResult
-        # does not give them: its interface goes with the host veth
-        if conf.wants_firewall and not pod_ips and netns.exists(req.netns):
-            found = problems.run("look at the pod interface", apply.pod_addresses, req.netns, req.ifname)
-            pod_ips = [a for a in found or () if not a.ip.is_link_local]
+        # the pod is only read when prevResult does not give its addresses (the firewall and the
+        # neighbour entries need them) or the host veth has another plugin's name: its interface
+        # goes with the host veth
+        pod: list = []
+        if not pod_ips and netns.exists(req.netns):
+            pod.append(problems.run("look at the pod interface", apply.pod_end, req.netns, req.ifname))
+            pod_ips = [a for a in pod[0].addresses if not a.ip.is_link_local] if pod[0] else []
         # the veth first: a veth unregistered while an nftables commit that deletes elements
         # waits for the kernel's RCU readers (5-15 ms) waits with it; the two transactions after
         # it run side by side
-        problems.run("delete the host veth", _delete_host_veth, conf, req)
+        problems.run("delete the host veth", _delete_host_veth, conf, req, pod, pod_ips)
         finish_firewall = None
-        if conf.wants_firewall:
+        if _may_map_ports(conf, req):
             # lazy: per call, only what this command and config need
             from cni.firewall import rules as firewall
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
-                                           firewall_spec(conf, req, pod_ips))
+                                           firewall_spec(conf, req, pod_ips, deleting=True))
         finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
             from cni.firewall import policy  # lazy: per call, only what this command and config need
@@ -190,9 +203,13 @@ class BridgePlugin:
         # lazy: per call, only what this command and config need
         from cni.bridge.check import check_attachment
 
-        check_attachment(conf, req, prev)
+        ours = check_attachment(conf, req, prev)
         _check_shaping(conf, req)
-        if conf.wants_firewall:
+        if conf.wants_firewall and not ours:    # the reference made the pod: its chains
+            from cni.firewall import reference  # lazy: per call, only what this command and config need
+
+            reference.check(conf.name, req.container_id, conf.ip_masq, bool(conf.port_mappings))
+        elif conf.wants_firewall:
             # lazy: per call, only what this command and config need
             from cni.firewall import rules as firewall
 
@@ -238,17 +255,28 @@ class BridgePlugin:
             ipam_client.gc(conf, req, sorted(valid))
 
 
-def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
-    """The host veth (its qdiscs go with it), then the attachment's ifb device if it has one
-    (looked for whatever the config says now: the rates may have changed since ADD). The ifb is
-    looked up before the veth goes, so an unshaped pod's DEL sends nothing after the veth's
-    unregistration, as before shaping existed."""
+def _delete_host_veth(conf: config.NetConf, req: Request, pod: list, pod_ips: list) -> None:
+    """pycni's host veth by its name (its qdiscs go with it); else (another plugin made the pod:
+    the reference names it vethXXXXXXXX) the host end the pod's interface names as its peer. Then
+    the attachment's ifb device if it has one (looked for whatever the config says now: the rates
+    may have changed since ADD; looked up before the veth goes, so an unshaped pod's DEL sends
+    nothing after the veth's unregistration), and the neighbour entries of the pod's addresses on
+    the bridge, so that the next owner of an address is reached at once."""
     host = links.open_rtnl()
     try:
         shaped = ifb.own_ifb(host, conf.name, req.container_id, req.ifname)
-        apply.delete_host_veth(host, conf.name, req.container_id, req.ifname)
+        if not apply.delete_host_veth(host, conf.name, req.container_id, req.ifname) and netns.exists(req.netns):
+            if not pod:
+                pod.append(apply.pod_end(req.netns, req.ifname))
+            end = apply.host_end(host, pod[0], conf.bridge) if pod[0] else None
+            if end is not None:
+                name = links.attr(end, "IFLA_IFNAME", "")
+                log.info(f"{name} is the host end of {req.ifname} (not pycni's name): removing it")
+                links.delete_link(host, name, until="unregistered")
         if shaped is not None:
             ifb.delete(host, shaped)
+        if pod_ips:
+            links.flush_neighbours(host, conf.bridge, [a.ip for a in pod_ips])
     finally:
         host.close()
 

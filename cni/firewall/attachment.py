@@ -28,6 +28,8 @@ class FirewallSpec:
     # False when the config may not name everything ADD set up (DEL of a config that no longer
     # parses): teardown then also looks for the attachment's rules by their mark
     exhaustive: bool = True
+    # teardown also looks for the reference plugins' chains of (network, container id): DEL
+    reference: bool = False
 
     @property
     def tag(self) -> str:

@@ -231,7 +231,9 @@ def _add_family(iptc, spec: FirewallSpec, family: int) -> None:
         _ensure_jump(table, Rule, "POSTROUTING", POSTROUTING, False)
         if spec.mappings:
             _ensure_mark_masq(table, Rule, spec.options.mark)
-        _remove_jumps(table, set(chain_names(_full_hash(spec))))   # idempotent: a repeated ADD replaces
+        # idempotent: a repeated ADD replaces its own chains' jumps, and only those (the chained
+        # pycni-portmap must not take the masquerade jump the bridge plugin made for the pod)
+        _remove_jumps(table, set(chains))
         _take_ports(table, [r for r in rules if r.chain == HOSTPORTS], set(chains))
         for name in chains:
             _ensure_chain(table, name).flush()
@@ -287,6 +289,10 @@ def _delete_chains(table, names: set[str]) -> None:
         if c.name in names:
             c.flush()
             c.delete()
+
+
+# for cni.firewall.reference: its step inside `teardown(spec, also=...)`, its CHECK
+nat_table, find_chain, rule_comment, delete_chains = _tables, _find_chain, _rule_comment, _delete_chains
 
 
 def _both_families(fn, families: list[int]) -> None:
@@ -345,7 +351,9 @@ def _families_present() -> list[int]:
     return [f for f in (4, 6) if "nat" in legacy_tables(f)]
 
 
-def teardown(spec: FirewallSpec) -> None:
+def teardown(spec: FirewallSpec, also=None) -> None:
+    """Remove the attachment's chains and the jumps to them; `also(table)`, when given, changes
+    the same nat table before its one commit (the reference plugins' rules of the pod)."""
     mine = set(chain_names(_full_hash(spec)))
 
     def one(family: int) -> None:
@@ -358,6 +366,8 @@ def teardown(spec: FirewallSpec) -> None:
         try:
             _remove_jumps(table, mine)
             _delete_chains(table, mine)
+            if also is not None:
+                also(table)
             table.commit()
         except Exception as e:
             raise CNIError("iptables teardown failed", f"IPv{family}: {e}") from None

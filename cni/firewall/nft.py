@@ -314,6 +314,18 @@ def transaction(script: str, *, check: bool = True) -> Outcome:
     return proc
 
 
+def query(command: str) -> list[dict] | None:
+    """The JSON listing (`nftables` array) of one list command, or None when what it names does
+    not exist or nftables cannot be asked (no library, no program)."""
+    try:
+        proc = _run(command, json_output=True)
+    except CNIError:
+        return None
+    if proc.returncode != 0:
+        return None
+    return jsonio.loads(proc.stdout).get("nftables", [])
+
+
 def _listing() -> list[dict] | None:
     proc = _run(f"list table {TABLE}", json_output=True)
     if proc.returncode != 0:

@@ -5,7 +5,9 @@
     iptables: cni.firewall.iptables  python-iptables (libiptc), our own PYCNI-* chains
 
 Rule: the backend is chosen once per call (`choose`); teardown and GC look in both, since a pod may
-have been set up under the other. python-iptables is imported only on the iptables path.
+have been set up under the other, and DEL's teardown also removes what the reference plugins made
+for the pod (`cni.firewall.reference`: a node switched from them). python-iptables is imported only
+on the iptables path.
 """
 
 from __future__ import annotations
@@ -96,10 +98,20 @@ def teardown_start(spec: FirewallSpec) -> Callable[[], None]:
                 pending()
             except Exception as e:
                 errors.append(e)
+        # what the reference plugins made for this pod, if they did (a node switched from them)
+        reference = None
+        if spec.reference:
+            from cni.firewall import reference  # lazy: DEL only
         if IPT in backends:
             try:
-                _backend(IPT).teardown(spec)
+                also = reference.legacy_step(spec.network, spec.container_id) if reference else None
+                _backend(IPT).teardown(spec, also)
             except Exception as e:   # keep going: the other backend may have held the rules
+                errors.append(e)
+        if reference is not None:
+            try:
+                reference.teardown_nft(spec.network, spec.container_id)
+            except Exception as e:
                 errors.append(e)
         try:
             _flush_udp(spec)

@@ -90,3 +90,21 @@ def delete_link(ipr: Any, ifname: str, *, until: str = "returned") -> bool:
             return False
         raise failed(f"delete link {ifname}", e) from None
     return True
+
+
+def flush_neighbours(ipr: Any, ifname: str, ips) -> int:
+    """Remove the neighbour entries of `ips` on `ifname` (a departed pod's addresses on its
+    bridge: the next owner of an address is reachable at once, not after the stale entry ages
+    out); the number removed. Missing entries and a missing link are fine."""
+    msg = lookup(ipr, ifname)
+    if msg is None:
+        return 0
+    removed = 0
+    for ip in ips:
+        try:
+            ipr.del_neighbour(msg["index"], str(ip))
+            removed += 1
+        except Exception as e:
+            if netlink_errno(e) not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+                raise failed(f"remove the neighbour entry of {ip} on {ifname}", e) from None
+    return removed

@@ -26,6 +26,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_DELNEIGH = 29
 NLM_F_REPLACE = 0x100
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
@@ -407,6 +408,16 @@ class Rtnl:
         msgs = self._request(ifaddrmsg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
                              {"family": family, "index": index}, [])
         return [m for m in msgs if m["index"] == index]   # (older kernels ignore the filter)
+
+    # ------------------------------------------------------------ neighbours
+
+    def del_neighbour(self, index: int, address: str) -> None:
+        """Remove the neighbour entry of `address` on link `index` (ENOENT when there is none)."""
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg  # lazy: DEL only
+
+        self._request(ndmsg, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK,
+                      {"family": socket.AF_INET6 if ":" in address else socket.AF_INET, "ifindex": index,
+                       "state": 0, "flags": 0, "ndm_type": 0}, [("NDA_DST", address)])
 
     # ------------------------------------------------------------ routes
 
