@@ -3,7 +3,7 @@
 #   bash scripts/setup.sh demo   iproute2, ping, python3-venv, and a virtualenv .venv with pycni
 #   bash scripts/setup.sh [test] also nftables, iptables, conntrack, the reference CNI plugins (side
 #                                by side tests), containerd, runc, podman, busybox-static, curl (the
-#                                end-to-end tests), and pycni's test dependencies and PyInstaller
+#                                end-to-end tests), iperf3 (bench/portbind.py), and pycni's test dependencies and PyInstaller
 # Safe to run again: it skips what is there. A failed install stops it with the installer's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ PKGS=(iproute2 iputils-ping python3-venv)
 EXTRAS=""
 case "$PROFILE" in
   demo) ;;
-  test) PKGS+=(iptables nftables conntrack containernetworking-plugins containerd runc podman busybox-static curl patchelf)
+  test) PKGS+=(iptables nftables conntrack containernetworking-plugins containerd runc podman busybox-static curl patchelf iperf3)
         EXTRAS="[test,build]" ;;
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
 esac

@@ -106,7 +106,17 @@ class BridgePlugin:
             undo.callback(_undo, links.delete_link, host, plan.host_veth)
             veth = apply.attach_host_veth(host, plan, bridge)
             apply.ensure_bridge_addresses(host, bridge, plan)
+            if conf.binds_port:
+                from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+                if conf.binds_port == portbind.STRICT:
+                    portbind.harden_pod(req.netns, req.ifname)
             ctr = apply.configure_container(plan, pod)
+            if conf.binds_port:
+                undo.callback(_undo, _unbind, conf, req, ctr.mac, ipam)
+                portbind.bind(portbind.Binding(conf.name, req.container_id, req.ifname, plan.host_veth,
+                                               ctr.mac.lower(), tuple(ip.address.ip for ip in ipam.ips),
+                                               conf.binds_port))
             apply.wait_port_up(host, veth.index)
             if conf.wants_firewall:
                 spec = firewall_spec(conf, req, [ip.address for ip in ipam.ips])
@@ -158,6 +168,9 @@ class BridgePlugin:
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
+        finish_binding = None
+        if conf.binds_port:
+            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
         finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
             from cni.firewall import policy  # lazy: per call, only what this command and config need
@@ -168,6 +181,8 @@ class BridgePlugin:
             problems.run("leave network policy sets", finish_policy)
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
+        if finish_binding is not None:
+            problems.run("unbind the bridge port", finish_binding)
         if conf.ipam_type:
             problems.run("release addresses", ipam_client.delete, conf, req)
         problems.raise_first()
@@ -219,12 +234,32 @@ class BridgePlugin:
         from cni.firewall import rules as firewall  # lazy: per call, only what this command and config need
 
         firewall.gc(conf.name, valid)
+        from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+        portbind.gc(conf.name, keep)
         if conf.policy_dir:
             from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             policy.gc(conf.policy_dir, conf.name, keep)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))
+
+
+def _unbind_start(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None):
+    """Start removing the port's binding; the pod's MAC and addresses from prevResult (or ADD's
+    rollback), else the elements are found by their tag."""
+    from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+    prev = ipam or conf.prev_result
+    ips = tuple(ip.address.ip for ip in prev.ips) if prev else ()
+    if not mac and conf.prev_result:
+        mac = next((i.mac for i in conf.prev_result.interfaces
+                    if i.sandbox and i.name == req.ifname and i.mac), "")
+    return portbind.unbind_start(conf.name, req.container_id, req.ifname, mac or "", ips, conf.binds_port)
+
+
+def _unbind(conf: config.NetConf, req: Request, mac: str, ipam: Result) -> None:
+    _unbind_start(conf, req, mac, ipam)()
 
 
 def _delete_host_veth(conf: config.NetConf, req: Request) -> None:
