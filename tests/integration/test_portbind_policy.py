@@ -118,3 +118,24 @@ def test_an_ingress_isolated_pod_is_reached_by_no_trick(w):
     leaked = [p for p in ("tcp-ll", "udp-ll", "global-to-ll", "vlan0", "subnet-bcast", "all-hosts", "all-nodes6")
               if p in to_a]
     assert not leaked, to_a
+
+
+def test_no_pod_claims_the_gateway_or_advertises_a_route(w):
+    """Row 5 on a dual-stack network: a neighbour advertisement and a gratuitous ARP for the
+    gateway's addresses, and a router advertisement; the victim's neighbours and routes stay."""
+    gw4, gw6 = "10.244.0.1", "fd00:10:244::1"
+    victim = ns_of(w, "x/c")
+    sh("ping", "-c", "1", "-W", "2", gw4, ns=victim)
+    sh("ping", "-6", "-c", "1", "-W", "2", gw6, ns=victim)
+    attacker_mac = mac(w, "z/a")
+    attack(w, "z/a", "na", gw6)
+    attack(w, "z/a", "garp", gw4)
+    attack(w, "z/a", "ra")
+    time.sleep(WAIT)
+    neigh = sh("ip", "neigh", "show", ns=victim) + sh("ip", "-6", "neigh", "show", ns=victim)
+    claimed = [line for line in neigh.splitlines() if attacker_mac in line and line.split()[0] in (gw4, gw6)]
+    routes = sh("ip", "-6", "route", "show", ns=victim)
+    assert not claimed and "fd66" not in routes and "default via fe80" not in routes, (claimed, routes)
+    # control: the attacker's advertisement of its own address is taken
+    attack(w, "z/a", "na", ip(w, "z/a", 6))
+    sh("ping", "-6", "-c", "1", "-W", "2", gw6, ns=victim)
