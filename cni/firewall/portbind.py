@@ -213,7 +213,18 @@ def tagged(listing: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _nft_present() -> bool:
+    """Whether nftables can be run here (libnftables, or `nft` in PATH): where it cannot, no port
+    was ever bound, and DEL and GC have nothing to remove."""
+    import os  # lazy: DEL and GC only
+
+    return nft._library() is not None or any(os.access(os.path.join(d, "nft"), os.X_OK)
+                                             for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d)
+
+
 def _by_comment(prefix: str, keep=None) -> None:
+    if not _nft_present():
+        return
     listing = _listing()
     if listing is None:
         return
@@ -230,7 +241,7 @@ def unbind_start(network: str, container_id: str, ifname: str, mac: str = "", ip
     port = names.host_veth_name(network, container_id, ifname)
     b = Binding(network, container_id, ifname, port, mac.lower(), tuple(ips), level)
     prefix = b.tag.split(" ", 1)[0] + " "
-    if not mac or not ips:
+    if not mac or not ips or not _nft_present():
         return lambda: _by_comment(prefix)
     wait = nft.start_transaction(render_delete(b), "pycni-portbind-del")
 

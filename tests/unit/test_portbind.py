@@ -75,3 +75,19 @@ def test_options():
     # DEL of a config ADD refuses: an option that does not parse unbinds (finds the most)
     assert config.parse_for_delete({**base, "mtu": 1, "portBinding": "yes"}).binds_port == "ports"
     assert config.parse_for_delete({**base, "mtu": 1}).binds_port == ""
+
+
+def test_del_and_gc_finish_where_nftables_is_missing():
+    """An iptables-only node never bound a port: GC and DEL have nothing to do there, and must not
+    fail for want of nft (seen failing with `cannot run nft` before the check)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from cni.firewall import portbind as p\n"
+            "p.gc('net', set())\n"
+            "p.unbind_start('net', 'c', 'eth0', '02:00:00:00:00:01', ())()\n"
+            "p.unbind_start('net', 'c', 'eth0')()\n")
+    env = {**os.environ, "PATH": "/nonexistent", "PYCNI_NFT": "exec"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
