@@ -132,3 +132,16 @@ def test_sctp_ports_and_merged_ranges_render():
     assert text.startswith("add table inet pycni-policy\ndelete table inet pycni-policy\n")
     assert "set pending4 { type ipv4_addr; elements = { 10.244.0.99 } }" in text
     assert "ip daddr @pol0_sel4 meta l4proto . th dport @r0i0_ports return" in text
+
+
+def test_policies_alike_in_content_emit_each_rule_once():
+    """Issue 28: policies whose sets merge (same selected pods, same peers, same ports) rendered
+    the same rule once per policy; a new connection walked every copy."""
+    spec = {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "peer"}}}],
+                                            "ports": [{"port": 80}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "peer"}}}]}]}
+    policies = [pol(spec, name=f"p{i}") for i in range(20)]
+    pods = [pod("x/a"), pod("x/b", ips=("10.244.0.6",), labels={"pod": "peer"})]
+    c = compile_policies(policies, pods, {"x": {}}, "n1")
+    assert len(c.ingress) == len(set(c.ingress)) == 1, c.ingress
+    assert len(c.egress) == len(set(c.egress)) == 1, c.egress
