@@ -168,19 +168,25 @@ class BridgePlugin:
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips))
-        finish_binding = None
-        if conf.binds_port:
-            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
+        # the port's binding goes in the policy removal's transaction when it can be named (one
+        # kernel wait, not two), else in its own
+        unbind = (problems.run("unbind the bridge port", _unbind_script, conf, req) or "") if conf.binds_port else ""
         finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
             from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             finish_policy = problems.run("leave network policy sets", policy.forget_start, conf.policy_dir,
-                                         conf.name, req.container_id, req.ifname)
+                                         conf.name, req.container_id, req.ifname, unbind)
+        finish_binding = None
+        if conf.binds_port and finish_policy is None:
+            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
+        unbound = False
         if finish_policy is not None:
-            problems.run("leave network policy sets", finish_policy)
+            unbound = problems.run("leave network policy sets", finish_policy) is True
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
+        if conf.binds_port and finish_policy is not None and not unbound:
+            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
         if finish_binding is not None:
             problems.run("unbind the bridge port", finish_binding)
         if conf.ipam_type:
@@ -245,17 +251,28 @@ class BridgePlugin:
             ipam_client.gc(conf, req, sorted(valid))
 
 
-def _unbind_start(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None):
-    """Start removing the port's binding; the pod's MAC and addresses from prevResult (or ADD's
-    rollback), else the elements are found by their tag."""
-    from cni.firewall import portbind  # lazy: per call, only what this command and config need
-
+def _binding_args(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None) -> tuple:
+    """(network, id, ifname, MAC, addresses, level) of the port's binding: the pod's MAC and
+    addresses from prevResult (or ADD's rollback); empty when unknown (found by tag then)."""
     prev = ipam or conf.prev_result
     ips = tuple(ip.address.ip for ip in prev.ips) if prev else ()
     if not mac and conf.prev_result:
         mac = next((i.mac for i in conf.prev_result.interfaces
                     if i.sandbox and i.name == req.ifname and i.mac), "")
-    return portbind.unbind_start(conf.name, req.container_id, req.ifname, mac or "", ips, conf.binds_port)
+    return conf.name, req.container_id, req.ifname, mac or "", ips, conf.binds_port
+
+
+def _unbind_script(conf: config.NetConf, req: Request) -> str:
+    from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+    return portbind.delete_script(*_binding_args(conf, req))
+
+
+def _unbind_start(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None):
+    """Start removing the port's binding (named, or found by its tag)."""
+    from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+    return portbind.unbind_start(*_binding_args(conf, req, mac, ipam))
 
 
 def _unbind(conf: config.NetConf, req: Request, mac: str, ipam: Result) -> None:

@@ -234,16 +234,27 @@ def _by_comment(prefix: str, keep=None) -> None:
         nft.transaction(render_delete_found(found))
 
 
+def delete_script(network: str, container_id: str, ifname: str, mac: str = "", ips=(),
+                  level: str = STRICT) -> str:
+    """The transaction text that removes the attachment's elements when they can be named (the
+    pod's MAC and addresses known, from prevResult), else "" (they are found by tag). DEL may run
+    it inside another nftables transaction: each transaction that deletes elements waits ~15 ms
+    for the kernel, and nftables commits one at a time."""
+    if not mac or not ips or not _nft_present():
+        return ""
+    port = names.host_veth_name(network, container_id, ifname)
+    return render_delete(Binding(network, container_id, ifname, port, mac.lower(), tuple(ips), level))
+
+
 def unbind_start(network: str, container_id: str, ifname: str, mac: str = "", ips=(), level: str = STRICT):
     """DEL: start removing the attachment's elements; the returned `finish()` waits for it. With
     the pod's MAC and addresses (prevResult) the elements are named; without, they are found by
     their tag."""
-    port = names.host_veth_name(network, container_id, ifname)
-    b = Binding(network, container_id, ifname, port, mac.lower(), tuple(ips), level)
-    prefix = b.tag.split(" ", 1)[0] + " "
-    if not mac or not ips or not _nft_present():
+    prefix = Binding(network, container_id, ifname, "", "").tag.split(" ", 1)[0] + " "
+    script = delete_script(network, container_id, ifname, mac, ips, level)
+    if not script:
         return lambda: _by_comment(prefix)
-    wait = nft.start_transaction(render_delete(b), "pycni-portbind-del")
+    wait = nft.start_transaction(script, "pycni-portbind-del")
 
     def finish() -> None:
         status = wait()

@@ -139,3 +139,20 @@ def test_no_pod_claims_the_gateway_or_advertises_a_route(w):
     # control: the attacker's advertisement of its own address is taken
     attack(w, "z/a", "na", ip(w, "z/a", 6))
     sh("ping", "-6", "-c", "1", "-W", "2", gw6, ns=victim)
+
+
+def test_del_unbinds_the_port_with_and_without_prev_result(w):
+    """DEL on a networkPolicy network removes the binding: named from prevResult (inside the
+    policy removal's transaction: x has a policy, so the new pod, unknown to the API, is in the
+    pending sets), or found by its tag without one."""
+    w.apply(policy("x", "isolate-x", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    node = w.cluster.nodes["node-a"]
+    conf = w.cluster.conf("node-a")
+    listing = lambda: node.sh("nft", "list", "table", "bridge", "pycni")     # noqa: E731
+    for cid, with_prev in (("cid-del-prev", True), ("cid-del-bare", False)):
+        pod, result = w.cluster.add_pod("node-a", cid, ("x", cid))
+        assert f"/{cid}/eth0" in listing()
+        res = node.pycni("DEL", {**conf, "prevResult": result} if with_prev else conf, pod, cid=cid,
+                         args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME={cid}")
+        assert res.rc == 0, res.out
+        assert f"/{cid}/eth0" not in listing(), (cid, listing())
