@@ -2,7 +2,7 @@
 """pycni vs the reference chain (bridge + host-local + portmap), same workload, same machine.
 
     sudo .venv/bin/python bench/compare.py [--pods 200] [--concurrent 50] [--growth 10,500]
-                                           [--helper] [--bin-dir dist/pycni]
+                                           [--helper] [--port-binding] [--bin-dir dist/pycni]
 
 Runs inside throwaway namespaces (a node namespace it re-executes itself in, pods beside it) and
 drives both as libcni does: the conflist's plugins in order on ADD with prevResult passed on,
@@ -131,6 +131,8 @@ class Pods:
 def run_all(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="pycni-compare-"))
     nets = netlists(work)
+    if args.port_binding:       # issue 28: the pod's port bound to its MAC and addresses
+        nets["pycni"]["plugins"][0]["portBinding"] = True
     helper = None
     sock = work / "helper.sock"        # also where the calls' attachment locks go (work/calls/)
     if args.helper:
@@ -281,6 +283,7 @@ def main() -> None:
     ap.add_argument("--growth", default="10,500")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--helper", action="store_true", help="run pycni through `pycni helper`")
+    ap.add_argument("--port-binding", action="store_true", help="pycni with \"portBinding\": true")
     ap.add_argument("--bin-dir", help="pycni executables to measure (default: this venv's; "
                                       "dist/pycni for the self-contained build)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -295,7 +298,8 @@ def main() -> None:
     run_inside(__file__, args.prefix,
                ["--pods", str(args.pods), "--concurrent", str(args.concurrent), "--growth",
                 ",".join(map(str, args.growth)), "--rounds", str(args.rounds)]
-               + (["--helper"] if args.helper else []) + (["--bin-dir", str(BIN)] if args.bin_dir else []))
+               + (["--helper"] if args.helper else []) + (["--port-binding"] if args.port_binding else [])
+               + (["--bin-dir", str(BIN)] if args.bin_dir else []))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 #   bash scripts/setup.sh demo   iproute2, ping, python3-venv, and a virtualenv .venv with pycni
 #   bash scripts/setup.sh [test] also nftables, iptables, conntrack, the reference CNI plugins (side
 #                                by side tests), containerd, runc, podman, busybox-static, curl (the
-#                                end-to-end tests), iperf3 (shaping tests, bench/tunnel.py), and
-#                                pycni's test dependencies and PyInstaller
+#                                end-to-end tests), iperf3 (shaping tests, bench/tunnel.py,
+#                                bench/portbind.py), and pycni's test dependencies and PyInstaller
 # Safe to run again: it skips what is there. A failed install stops it with the installer's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."

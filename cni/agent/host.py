@@ -89,7 +89,7 @@ def sync_routes(ipr, want: dict[IPNetwork, IPAddress], tunnel: dict[IPNetwork, I
 
 def render_masquerade(pod_networks: tuple[IPNetwork, ...]) -> str:
     """The whole table, replaced atomically: traffic from pod networks to anything that is not a
-    pod network leaves the node with the node's address."""
+    pod network (nor multicast or broadcast) leaves the node with the node's address."""
     head = f"add table {TABLE}\ndelete table {TABLE}\n"
     if not pod_networks:
         return head
@@ -100,7 +100,10 @@ def render_masquerade(pod_networks: tuple[IPNetwork, ...]) -> str:
         if not nets:
             continue
         lines += [f"  set podnets{v} {{ type {typ}; flags interval; elements = {{ {', '.join(nets)} }} }}"]
-        rules.append(f"    {addr} saddr @podnets{v} {addr} daddr != @podnets{v} masquerade")
+        # multicast and limited broadcast never leave the node: bridged to the other pods, they
+        # keep the pod's source (the plugin's own masquerade rule excludes them the same way)
+        local = "{ 224.0.0.0/4, 255.255.255.255 }" if v == 4 else "ff00::/8"
+        rules.append(f"    {addr} saddr @podnets{v} {addr} daddr != @podnets{v} {addr} daddr != {local} masquerade")
     lines += ["  chain postrouting {",
               "    type nat hook postrouting priority srcnat + 10; policy accept;",
               *rules, "  }", "}"]

@@ -47,11 +47,20 @@ class NetConf:
     firewall: FirewallOptions = FirewallOptions()
     shaping: bandwidth.Shaping = bandwidth.NONE   # the `bandwidth` capability or static rates
     policy_dir: str = ""            # networkPolicy: the state directory shared with the agent
+    mac_spoof_check: bool = False   # macspoofchk: frames from the pod's port carry its MAC
+    port_binding: bool = False      # portBinding: the port is bound to the pod's MAC and addresses
     complete: bool = True           # False: parsed leniently for DEL, options may be missing
 
     @property
     def wants_firewall(self) -> bool:
         return self.ip_masq or bool(self.port_mappings)
+
+    @property
+    def binds_port(self) -> str:
+        """"ports" (full binding: networkPolicy or portBinding), "mac" (macspoofchk) or ""."""
+        if self.port_binding or self.policy_dir:
+            return "ports"
+        return "mac" if self.mac_spoof_check else ""
 
     @property
     def ipam_type(self) -> str:
@@ -139,6 +148,8 @@ def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) ->
         firewall=parse_options(conf),
         shaping=bandwidth.parse(conf),
         policy_dir=string(conf, "networkPolicy", ""),
+        mac_spoof_check=flag(conf, "macspoofchk"),
+        port_binding=flag(conf, "portBinding"),
     )
 
 
@@ -169,5 +180,7 @@ def parse_for_delete(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None
         args=lenient(lambda: mapping(conf, "args"), {}),
         firewall=lenient(lambda: parse_options(conf), FirewallOptions()),
         policy_dir=lenient(lambda: string(conf, "networkPolicy", ""), ""),
+        mac_spoof_check=lenient(lambda: flag(conf, "macspoofchk"), True),
+        port_binding=lenient(lambda: flag(conf, "portBinding"), True),
         complete=False,
     )

@@ -119,7 +119,17 @@ class BridgePlugin:
             undo.callback(_undo, links.delete_link, host, plan.host_veth)
             veth = apply.attach_host_veth(host, plan, bridge)
             apply.ensure_bridge_addresses(host, bridge, plan)
+            if conf.binds_port:
+                from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+                if conf.binds_port == portbind.STRICT:
+                    portbind.harden_pod(req.netns, req.ifname)
             ctr = apply.configure_container(plan, pod)
+            if conf.binds_port:
+                undo.callback(_undo, _unbind, conf, req, ctr.mac, ipam)
+                portbind.bind(portbind.Binding(conf.name, req.container_id, req.ifname, plan.host_veth,
+                                               ctr.mac.lower(), tuple(ip.address.ip for ip in ipam.ips),
+                                               conf.binds_port))
             apply.wait_port_up(host, veth.index)
             shaped = None
             if conf.shaping.any:
@@ -180,16 +190,27 @@ class BridgePlugin:
 
             finish_firewall = problems.run("remove firewall rules", firewall.teardown_start,
                                            firewall_spec(conf, req, pod_ips, deleting=True))
+        # the port's binding goes in the policy removal's transaction when it can be named (one
+        # kernel wait, not two), else in its own
+        unbind = (problems.run("unbind the bridge port", _unbind_script, conf, req) or "") if conf.binds_port else ""
         finish_policy = None
         if conf.policy_dir:     # before the addresses are released: a reused one starts clean
             from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             finish_policy = problems.run("leave network policy sets", policy.forget_start, conf.policy_dir,
-                                         conf.name, req.container_id, req.ifname)
+                                         conf.name, req.container_id, req.ifname, unbind)
+        finish_binding = None
+        if conf.binds_port and finish_policy is None:
+            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
+        unbound = False
         if finish_policy is not None:
-            problems.run("leave network policy sets", finish_policy)
+            unbound = problems.run("leave network policy sets", finish_policy) is True
         if finish_firewall is not None:
             problems.run("remove firewall rules", finish_firewall)
+        if conf.binds_port and finish_policy is not None and not unbound:
+            finish_binding = problems.run("unbind the bridge port", _unbind_start, conf, req)
+        if finish_binding is not None:
+            problems.run("unbind the bridge port", finish_binding)
         if conf.ipam_type:
             problems.run("release addresses", ipam_client.delete, conf, req)
         problems.raise_first()
@@ -247,12 +268,43 @@ class BridgePlugin:
         from cni.firewall import rules as firewall  # lazy: per call, only what this command and config need
 
         firewall.gc(conf.name, valid)
+        from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+        portbind.gc(conf.name, keep)
         if conf.policy_dir:
             from cni.firewall import policy  # lazy: per call, only what this command and config need
 
             policy.gc(conf.policy_dir, conf.name, keep)
         if conf.ipam_type:
             ipam_client.gc(conf, req, sorted(valid))
+
+
+def _binding_args(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None) -> tuple:
+    """(network, id, ifname, MAC, addresses, level) of the port's binding: the pod's MAC and
+    addresses from prevResult (or ADD's rollback); empty when unknown (found by tag then)."""
+    prev = ipam or conf.prev_result
+    ips = tuple(ip.address.ip for ip in prev.ips) if prev else ()
+    if not mac and conf.prev_result:
+        mac = next((i.mac for i in conf.prev_result.interfaces
+                    if i.sandbox and i.name == req.ifname and i.mac), "")
+    return conf.name, req.container_id, req.ifname, mac or "", ips, conf.binds_port
+
+
+def _unbind_script(conf: config.NetConf, req: Request) -> str:
+    from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+    return portbind.delete_script(*_binding_args(conf, req))
+
+
+def _unbind_start(conf: config.NetConf, req: Request, mac: str = "", ipam: Result | None = None):
+    """Start removing the port's binding (named, or found by its tag)."""
+    from cni.firewall import portbind  # lazy: per call, only what this command and config need
+
+    return portbind.unbind_start(*_binding_args(conf, req, mac, ipam))
+
+
+def _unbind(conf: config.NetConf, req: Request, mac: str, ipam: Result) -> None:
+    _unbind_start(conf, req, mac, ipam)()
 
 
 def _delete_host_veth(conf: config.NetConf, req: Request, pod: list, pod_ips: list) -> None:

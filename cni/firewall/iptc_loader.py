@@ -69,4 +69,14 @@ def load():
         ctypes.util.find_library = real_find
         for name in stubbed:
             sys.modules.pop(name, None)
+    _nat_only(iptc)
     return iptc
+
+
+def _nat_only(iptc) -> None:
+    """python-iptables asks every table of the family whether a target's name is a chain (for
+    each rule built or read), and opening a legacy table creates it in the kernel: one ADD left
+    filter, mangle, raw and security behind, empty, for every packet to walk. A jump names a
+    chain of its own table, and pycni writes only nat: ask nat alone."""
+    iptc.Rule.tables = property(lambda self: [iptc.Table(iptc.Table.NAT)])
+    iptc.Rule6.tables = property(lambda self: [iptc.Table6(iptc.Table6.NAT)])

@@ -118,16 +118,18 @@ def admit(state_dir: str, network: str, container_id: str, ifname: str, args, ip
                  + (" (pending: not classified yet)" if members is PENDING else ""))
 
 
-def forget_start(state_dir: str, network: str, container_id: str, ifname: str):
+def forget_start(state_dir: str, network: str, container_id: str, ifname: str, also: str = ""):
     """Start removing the attachment's elements; returns `finish()`, which waits until the removal
-    is in force and drops the record. Started before the veth is deleted, the two overlap."""
-    return forget_start_by_name(state_dir, record_name(network, container_id, ifname))
+    is in force and drops the record. Started before the veth is deleted, the two overlap.
+    `also`: more nft commands for the same transaction (DEL's port unbinding: one kernel wait
+    instead of two); `finish()` says whether they were committed (else the caller runs them)."""
+    return forget_start_by_name(state_dir, record_name(network, container_id, ifname), also)
 
 
-def forget_start_by_name(state_dir: str, name: str):
+def forget_start_by_name(state_dir: str, name: str, also: str = ""):
     path = os.path.join(state_dir, "attachments", name)
     if not os.path.exists(path):
-        return lambda: None
+        return lambda: False
     from cni.firewall import nft  # lazy: nft only when a policy set is written
 
     lock = Locked(state_dir).__enter__()
@@ -136,16 +138,19 @@ def forget_start_by_name(state_dir: str, name: str):
         elements = (record.get("elements") or []) if isinstance(record, dict) else []
         wait = None
         if elements and os.path.exists(os.path.join(state_dir, "enforcing")):
-            wait = nft.start_transaction(render_remove(elements), "policy-del")
+            wait = nft.start_transaction(render_remove(elements) + also, "policy-del")
     except BaseException:
         lock.__exit__(None, None, None)
         raise
 
-    def finish() -> None:
-        """Returns once the removal is done (see `nft.start_transaction`)."""
+    def finish() -> bool:
+        """Returns once the removal is done (see `nft.start_transaction`): whether `also` was
+        committed with it."""
+        done = False
         try:
             if wait is not None:
                 status = wait()
+                done = status == 0 and bool(also)
                 if status != 0:         # a set gone (table flushed by hand?): each element alone
                     log.warning(f"network policy: removing {len(elements)} elements failed ({status}): "
                                 "one at a time")
@@ -157,6 +162,7 @@ def forget_start_by_name(state_dir: str, name: str):
                 pass
         finally:
             lock.__exit__(None, None, None)
+        return done
 
     return finish
 

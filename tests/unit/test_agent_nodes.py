@@ -79,7 +79,8 @@ def test_desired_state():
 def test_masquerade_table():
     text = host.render_masquerade((net("10.244.0.0/16"), net("fd00:10:244::/56")))
     assert text.startswith("add table inet pycni-agent\ndelete table inet pycni-agent\n")
-    assert "ip saddr @podnets4 ip daddr != @podnets4 masquerade" in text
+    assert "ip saddr @podnets4 ip daddr != @podnets4 ip daddr != { 224.0.0.0/4, 255.255.255.255 } masquerade" in text
+    assert "ip6 saddr @podnets6 ip6 daddr != @podnets6 ip6 daddr != ff00::/8 masquerade" in text
     assert "elements = { fd00:10:244::/56 }" in text
     assert host.render_masquerade(()) == "add table inet pycni-agent\ndelete table inet pycni-agent\n"
 

@@ -165,3 +165,16 @@ def test_an_api_address_enters_sets_only_for_the_attachment_that_holds_it_now():
                                                      "n1", Local(nets, frozenset())), {"x": {}, "y": {}}, "n1"),
                  "inet t")
     assert "10.244.0.5" not in out
+
+
+def test_policies_alike_in_content_emit_each_rule_once():
+    """Issue 28: policies whose sets merge (same selected pods, same peers, same ports) rendered
+    the same rule once per policy; a new connection walked every copy."""
+    spec = {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "peer"}}}],
+                                            "ports": [{"port": 80}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "peer"}}}]}]}
+    policies = [pol(spec, name=f"p{i}") for i in range(20)]
+    pods = [pod("x/a"), pod("x/b", ips=("10.244.0.6",), labels={"pod": "peer"})]
+    c = compile_policies(policies, pods, {"x": {}}, "n1")
+    assert len(c.ingress) == len(set(c.ingress)) == 1, c.ingress
+    assert len(c.egress) == len(set(c.egress)) == 1, c.egress

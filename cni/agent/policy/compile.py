@@ -118,8 +118,9 @@ class _Builder:
                     words[i] = "@" + target
             return " ".join(words)
 
-        out.ingress = [r for r in map(rewrite, out.ingress) if r is not None]
-        out.egress = [r for r in map(rewrite, out.egress) if r is not None]
+        # merged sets make rules of policies alike identical: each once (the first keeps its place)
+        out.ingress = list(dict.fromkeys(r for r in map(rewrite, out.ingress) if r is not None))
+        out.egress = list(dict.fromkeys(r for r in map(rewrite, out.egress) if r is not None))
         used = set(FIXED_SETS) | {w[1:] for r in out.ingress + out.egress for w in r.split(" ") if w.startswith("@")}
         out.sets = {name: (decl, list(self._elements[name])) for name, (decl, _) in out.sets.items() if name in used}
         for key, members in self._members.items():
