@@ -110,8 +110,7 @@ class FakeAPI:
         """What a graceful delete does first: the object stays, with metadata.deletionTimestamp
         set and its status (a Pod's podIPs included) as it was, until `delete` removes it (for a
         Pod: after the kubelet stopped it, i.e. after its CNI DEL)."""
-        with self.cond:
-            obj = copy.deepcopy(self.objects[kind][(namespace, name)])
+        obj = self.get(kind, namespace, name)
         obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
         obj["metadata"]["deletionGracePeriodSeconds"] = 30
         self.put(kind, obj)

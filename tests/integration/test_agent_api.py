@@ -31,7 +31,8 @@ def start_agent(node, api: FakeAPI, *extra: str) -> Agent:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", node.name, sys.executable, "-m", "cni", "agent", "--node-name", "me",
          "--kubeconfig", api.kubeconfig(node.tmp / "kubeconfig"), "--from", "none",
-         "--conf-dir", str(node.tmp / "net.d"), "--data-dir", str(node.data_dir), *extra],
+         "--conf-dir", str(node.tmp / "net.d"), "--data-dir", str(node.data_dir),
+         "--peers-file", str(node.tmp / "peers.json"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
     return Agent(proc)
 
@@ -111,8 +112,21 @@ def world(api: FakeAPI) -> None:
                      "spec": {"nodeName": "me"}, "status": {"phase": "Running", "podIP": "10.99.0.5"}})
 
 
+def hold(node, ip: str) -> None:
+    """This node's IPAM holds `ip` for pod x/a (as its ADD left it): an API address of a local pod
+    counts only while the node's IPAM holds it (issue 23 row 2)."""
+    import ipaddress
+
+    from ipam.store import DiskStore
+
+    store = DiskStore(str(node.data_dir / "pycni"))
+    with store.lock():
+        assert store.reserve(ipaddress.ip_address(ip), "c-a", "eth0", 0)
+
+
 def test_pods_are_listed_and_watched_only_while_a_policy_exists(node, api, agents):
     world(api)
+    hold(node, "10.99.0.5")
     agents.append(agent := start_agent(node, api, "--policy-dir", str(node.tmp / "policy"),
                                        "--pod-watch-linger", "0.5"))
     assert "0 policies on this node" in agent.wait_for("agent: network policy:")
@@ -135,6 +149,7 @@ def test_pods_are_listed_and_watched_only_while_a_policy_exists(node, api, agent
 
 def test_sigterm_during_a_sync_lets_it_finish_then_exits(node, api, agents):
     world(api)
+    hold(node, "10.99.0.5")
     state = str(node.tmp / "policy")
     agents.append(agent := start_agent(node, api, "--policy-dir", state))
     agent.wait_for("agent: network policy:")

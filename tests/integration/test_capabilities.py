@@ -89,6 +89,17 @@ def helper_serves(node, caps) -> str:
         helper.wait(10)
 
 
+def hold(store_dir, ip: str) -> None:
+    """The node's IPAM holds `ip`: an API address of a local pod counts only while it does."""
+    import ipaddress
+
+    from ipam.store import DiskStore
+
+    store = DiskStore(str(store_dir))
+    with store.lock():
+        assert store.reserve(ipaddress.ip_address(ip), "c-a", "eth0", 0)
+
+
 def agent_syncs_policy(tmp_path, caps) -> str:
     """'' when `pycni agent` with `caps` wrote the node's conflist and put a NetworkPolicy's pod
     into the kernel's isolation set."""
@@ -105,6 +116,7 @@ def agent_syncs_policy(tmp_path, caps) -> str:
             api.put("nodes", api_node(name))
         api.put("namespaces", namespace_object("x"))
         api.put("pods", pod_object("x/a", "node-a", ["10.244.0.9"]))
+        hold(cluster.nodes["node-a"].data_dir / "pycni", "10.244.0.9")   # as the pod's ADD left it
         api.put("networkpolicies", policy("x", "deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]}))
         agent = cluster.start_agent("node-a", api.kubeconfig(tmp_path / "kubeconfig"), wrap=capped(caps))
         try:

@@ -49,7 +49,8 @@ def test_metrics_count_the_calls_made_and_health_answers(node):
         ["ip", "netns", "exec", node.name, sys.executable, "-m", "cni", "agent", "--node-name", "n1",
          "--nodes-file", str(listing), "--from", "none", "--conf-dir", str(node.tmp / "net.d"),
          "--data-dir", str(node.data_dir), "--metrics-address", f"127.0.0.1:{PORT}",
-         "--calls-file", str(node.tmp / "calls.log"), "--no-masquerade"],
+         "--calls-file", str(node.tmp / "calls.log"), "--peers-file", str(node.tmp / "peers.json"),
+         "--no-masquerade"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(Path(__file__).parents[2]))
     try:
         deadline = time.monotonic() + 20

@@ -432,7 +432,7 @@ def test_a_node_on_legacy_iptables_enforces_nothing_and_says_why(node):
             ["ip", "netns", "exec", node.name, sys.executable, "-m", "cni", "agent", "--node-name", "node-a",
              "--kubeconfig", api.kubeconfig(node.tmp / "kubeconfig"), "--from", "none",
              "--conf-dir", str(node.tmp / "net.d"), "--data-dir", str(node.data_dir),
-             "--policy-dir", str(node.tmp / "policy")],
+             "--policy-dir", str(node.tmp / "policy"), "--peers-file", str(node.tmp / "peers.json")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             cwd=str(Path(__file__).parents[2]))
         try:
@@ -486,11 +486,14 @@ def test_a_reused_address_does_not_inherit_the_verdicts_of_the_pod_that_had_it(w
         w.settle()
         assert set(w.probe(sources=["y/friend"], targets=["x/a"]).values()) == {True}
         # the kubelet stops A: the object is terminating (podIPs kept), then A's DEL
-        w.change(w.api.terminate, "pods", "y", "friend")
+        # (a change of no field the agent keeps: the agent drops the event, no sync follows)
+        w.api.terminate("pods", "y", "friend")
+        w.settle()
         pod, _ = w.pods.pop("y/friend")
         added.remove("y/friend")
         w.cluster.del_pod("node-a", "cid-y-friend", pod, ("y", "friend"))
-        w.change(w.api.put, "pods", pod_object("y/stranger", "node-a", labels={"pod": "stranger"}))
+        # a change the agent keeps (a label), so that a sync follows A's DEL
+        w.change(w.api.put, "pods", pod_object("y/stranger", "node-a", labels={"pod": "stranger", "rev": "2"}))
         assert str(ips[0]) not in table(w, "node-a"), "a sync after A's DEL put A's address back"
         # B (unlabelled) gets A's address, before and after the API has it
         w.add("y/stranger", "node-a", publish=False, serve=False, ip=str(ips[0]))

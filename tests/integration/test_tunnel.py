@@ -332,7 +332,7 @@ class Monitor:
 
 def _annotation(api: FakeAPI, name: str) -> str:
     with api.cond:
-        return ((api.objects["nodes"][("", name)]["metadata"].get("annotations") or {})
+        return ((api.get("nodes", "", name)["metadata"].get("annotations") or {})
                 .get("pycni.io/vtep-mac", ""))
 
 
