@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 
 from cni.bandwidth import ifb, options
-from cni.bridge.config import parse_prev_result
+from cni.spec.result import parse_prev_result
 from cni.linux import links, netns
 from cni.spec import names
 from cni.spec.errors import CNIError

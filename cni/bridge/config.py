@@ -16,7 +16,7 @@ from cni.spec import names, result
 from cni.spec.errors import CNIError, DecodeFailure, InvalidConfig, UnsupportedField
 from cni.spec.fields import flag, integer, mapping, string
 from cni.spec.log import log
-from cni.spec.result import DNS, Result
+from cni.spec.result import DNS, Result, parse_prev_result
 
 IN_PROCESS_IPAM = "pycni-ipam"
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -89,16 +89,6 @@ def _mac(runtime_config: Mapping, args: Mapping, cni_args: Mapping[str, str]) ->
     if cni_args.get("MAC"):
         return validate_mac(cni_args["MAC"], "CNI_ARGS MAC")
     return ""
-
-
-def parse_prev_result(conf: Mapping) -> Result | None:
-    prev = conf.get("prevResult")
-    if not prev:
-        return None
-    try:
-        return result.parse(prev)
-    except DecodeFailure as e:
-        raise DecodeFailure("invalid prevResult", e.details) from None
 
 
 def parse(conf: Mapping[str, Any], cni_args: Mapping[str, str] | None = None) -> NetConf:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 from cni.firewall import rules as firewall
-from cni.bridge.config import parse_prev_result
+from cni.spec.result import parse_prev_result
 from cni.spec.errors import CNIError, InvalidConfig
 from cni.firewall.options import MAX_PORT_MAPPINGS, parse_mappings, parse_options
 from cni.spec.result import Result

@@ -7,7 +7,7 @@ JSON; `parse(obj)` accepts 0.3.x, 0.4.0 and 1.x shapes (prevResult, delegated IP
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Mapping
 
 from cni.record import field, record
 from cni.spec.errors import DecodeFailure
@@ -234,3 +234,14 @@ def parse(obj: Any) -> Result:
         )
     routes = [parse_route(r) for r in obj.get("routes") or []]
     return Result(tuple(ifaces), tuple(ips), tuple(routes), parse_dns(obj.get("dns")))
+
+
+def parse_prev_result(conf: Mapping) -> Result | None:
+    """A chained call's `prevResult` (None when there is none), as CHECK and chained plugins read it."""
+    prev = conf.get("prevResult")
+    if not prev:
+        return None
+    try:
+        return parse(prev)
+    except DecodeFailure as e:
+        raise DecodeFailure("invalid prevResult", e.details) from None
