@@ -243,6 +243,46 @@ def test_a_dead_metrics_server_is_reported_and_started_again(node, tmp_path):
         stop(proc)
 
 
+def test_stopping_signals_no_process_that_took_a_reaped_metrics_child_s_pid(node, tmp_path):
+    """The metrics child dies and is reaped; before it is started again another process is given
+    its pid (the kernel's next pid set to it). The helper's SIGTERM (the same stop as an upgrade's
+    re-exec) must leave that process alone: the dead child is signalled through its pidfd only."""
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    proc = subprocess.Popen([IP, "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket",
+                             str(node.tmp / "helper.sock"), "--metrics-address", "127.0.0.1:9163",
+                             "--conf-dir", str(conf_dir)], stderr=subprocess.PIPE, text=True, env=env)
+    squatter = None
+    try:
+        assert "metrics on" in ready_line(proc, stream=proc.stderr)
+        child = [int(p) for p in sh("pgrep", "-P", str(proc.pid)).split()]
+        assert len(child) == 1
+        os.kill(child[0], signal.SIGKILL)           # at once: its restart is due 5 s after its start
+        line = ready_line(proc, stream=proc.stderr, timeout=15)
+        assert f"metrics server (pid {child[0]}) ended (signal 9)" in line, line
+        for _ in range(50):                         # other processes of the machine fork too
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(child[0] - 1))
+            squatter = subprocess.Popen(["sleep", "300.616"])
+            if squatter.pid == child[0]:
+                break
+            squatter.kill()
+            squatter.wait()
+            squatter = None
+        assert squatter is not None, f"pid {child[0]} could not be taken again"
+        assert sh("pgrep", "-P", str(proc.pid), check=False).split() == [], \
+            "the metrics child was started again before the test could stop the helper"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        time.sleep(0.2)
+        assert squatter.poll() is None, f"the helper signalled pid {child[0]}, no longer its child"
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait()
+        stop(proc)
+
+
 # ---------------------------------------------------------------- row 10: two at once
 
 
