@@ -339,7 +339,7 @@ def inside(args) -> None:
     cmd = [sys.executable, "-m", "cni", "agent", "--node-name", ME, "--kubeconfig", api.kubeconfig(work / "kc"),
            "--conf-dir", str(work / "net.d"), "--data-dir", str(work / "ipam"),
            "--policy-dir", str(work / "policy"), "--cluster-cidr", "10.64.0.0/10",
-           "--metrics-address", "127.0.0.1:9152"]
+           "--peers-file", str(work / "peers.json"), "--metrics-address", "127.0.0.1:9152"]
     if args.build:           # as the DaemonSet: the build installed into the bin dir, its helper hosted
         cmd += ["--from", str(Path(args.build).resolve()), "--bin-dir", str(work / "bin"),
                 "--helper", str(work / "helper.sock")]
