@@ -118,21 +118,24 @@ def sync_masquerade(pod_networks: tuple[IPNetwork, ...]) -> None:
 
 def apply(state: Desired, conf_dir: Path, conf_name: str, peers_file: str | None = None, metrics=None) -> dict:
     """One sync; returns what it did (for the log and the tests). With an overlay: the tunnel
-    device and its entries first (a route through it needs them), routes, then the peers' record."""
+    device and its new entries first (a route through it needs them), routes, the stale entries
+    (no route uses them now), then the peers' record."""
     done: dict = {"conflist": False, "routes": (0, 0)}
     ipr = open_rtnl()
     try:
-        overlay, index = state.overlay, 0
+        overlay, index, remove_stale = state.overlay, 0, None
         if overlay is not None and overlay.device is not None:     # first: a clash stops the sync here
             index, writes = tunnel_host.ensure_device(ipr, overlay.device)
-            added, removed = tunnel_host.sync_entries(ipr, index, overlay)
-            done["tunnel"] = (added + writes, removed)
+            added, remove_stale = tunnel_host.sync_entries(ipr, index, overlay)
+            done["tunnel"] = (added + writes, 0)
             done["vtep_mac"] = overlay.device.mac
         elif overlay is not None and overlay.mode == "direct":
             tunnel_host.remove_device(ipr, overlay.device_name)
         if state.conflist is not None:
             done["conflist"] = write_conflist(state.conflist, conf_dir, conf_name)
         done["routes"] = sync_routes(ipr, state.routes, overlay.tunnel_routes if overlay else None, index)
+        if remove_stale is not None:
+            done["tunnel"] = (done["tunnel"][0], remove_stale())
     finally:
         ipr.close()
     sync_masquerade(state.pod_networks)

@@ -10,7 +10,7 @@ import errno
 import ipaddress
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cni.spec.log import log
 from cni.linux import vxlan
@@ -148,9 +148,11 @@ def ensure_device(ipr, dev: Device) -> tuple[int, int]:
     return index, writes
 
 
-def sync_entries(ipr, index: int, overlay: Overlay) -> tuple[int, int]:
-    """FDB and neighbour entries exactly as `overlay` says; returns (added or changed, removed)."""
-    added = removed = 0
+def sync_entries(ipr, index: int, overlay: Overlay) -> tuple[int, Callable[[], int]]:
+    """FDB and neighbour entries as `overlay` says, in two steps around the routes: now the ones
+    to add or change (a route through the tunnel needs them first); returns how many, and the
+    second step, which removes the stale ones (called once no route uses them) and says how many."""
+    added = 0
     want_fdb = {mac: str(dst) for mac, dst in overlay.fdb.items()}
     have_fdb = vxlan.fdb(ipr, index)
     want_nb = {str(addr): mac for addr, mac in overlay.neighbours.items()}
@@ -163,13 +165,18 @@ def sync_entries(ipr, index: int, overlay: Overlay) -> tuple[int, int]:
         if have_nb.get(addr) != mac:
             vxlan.replace_neighbour(ipr, index, addr, mac)
             added += 1
-    for addr in sorted(have_nb.keys() - want_nb.keys()):
-        _quietly(vxlan.delete_neighbour, ipr, index, addr)
-        removed += 1
-    for mac in sorted(have_fdb.keys() - want_fdb.keys()):
-        _quietly(vxlan.delete_fdb, ipr, index, mac, have_fdb[mac])
-        removed += 1
-    return added, removed
+
+    def remove_stale() -> int:
+        removed = 0
+        for addr in sorted(have_nb.keys() - want_nb.keys()):
+            _quietly(vxlan.delete_neighbour, ipr, index, addr)
+            removed += 1
+        for mac in sorted(have_fdb.keys() - want_fdb.keys()):
+            _quietly(vxlan.delete_fdb, ipr, index, mac, have_fdb[mac])
+            removed += 1
+        return removed
+
+    return added, remove_stale
 
 
 def remove_device(ipr, name: str) -> bool:

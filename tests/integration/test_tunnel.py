@@ -293,6 +293,7 @@ def test_with_the_api_annotations_published_node_events_followed_and_policy_acro
         _wait(lambda: f"{mac_c} dst 172.31.1.9" in a.sh("bridge", "fdb", "show", "dev", "pycni.vxlan"))
         # node-c leaves the cluster: node-a's entries for it go
         api.delete("nodes", "", "node-c")
+        # (the route goes first: an FDB entry goes only once no route leads to it)
         _wait(lambda: a.sh("bridge", "fdb", "show", "dev", "pycni.vxlan").strip() == "")
         assert "10.244.2.0/24" not in a.sh("ip", "route", "show", "proto", "152")
     finally:
