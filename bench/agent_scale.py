@@ -343,6 +343,8 @@ def inside(args) -> None:
     if args.build:           # as the DaemonSet: the build installed into the bin dir, its helper hosted
         cmd += ["--from", str(Path(args.build).resolve()), "--bin-dir", str(work / "bin"),
                 "--helper", str(work / "helper.sock")]
+        if args.helper_max_calls:
+            cmd += ["--helper-max-calls", str(args.helper_max_calls)]
     else:
         cmd += ["--from", "none"]
     conflist = work / "net.d" / "10-pycni.conflist"
@@ -556,9 +558,17 @@ def container_memory(agent: Agent, work: Path, adds: int) -> None:
     for pod in pods:
         subprocess.run(["ip", "netns", "del", pod], check=False)
     peak, procs_at_peak = max(samples)
+    served: dict[str, int] = {}
+    calls = work / "calls.log"
+    for line in calls.read_text().splitlines() if calls.exists() else []:
+        parts = line.split()
+        if len(parts) == 8 and parts[3] in ("ADD", "DEL"):
+            key = "helper" if parts[6] == "helper" else f"in process ({parts[7]})"
+            served[key] = served.get(key, 0) + 1
     print(f"container memory ({adds} ADDs at once through the helper, then their DELs, {took:.1f} s): agent + "
           f"helper + children {idle:.0f} MB at rest, peak {peak:.0f} MB ({procs_at_peak} processes; sum of PSS); "
-          f"most processes at once {max(n for _, n in samples)}", flush=True)
+          f"most processes at once {max(n for _, n in samples)}; calls served: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(served.items())), flush=True)
 
 
 def main() -> None:
@@ -573,6 +583,8 @@ def main() -> None:
     p.add_argument("--build", help="a plugin build (dist/pycni) to install and host the helper of, as the "
                                    "DaemonSet does (default: no install, no helper)")
     p.add_argument("--adds", type=int, default=50, help="with --build: this many ADDs at once through the helper")
+    p.add_argument("--helper-max-calls", type=int, help="with --build: the agent's --helper-max-calls (default: the "
+                   "helper's own)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (agent.log, state) afterwards")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="pycni-agentscale")

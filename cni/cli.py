@@ -74,7 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--metrics-address", default="", metavar="HOST:PORT",
                     help="also serve /metrics, /healthz, /readyz there (nodes without the agent)")
     hp.add_argument("--conf-dir", default="/etc/cni/net.d", help="the networks whose IPAM ranges are reported")
+    hp.add_argument("--max-calls", type=at_least_one, default=16, metavar="N",
+                    help="calls served at once (a child each, ~3 MB); one beyond them runs in its caller's "
+                         "process (default %(default)s)")
     return p
+
+
+def at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
 
 
 def _helper_metrics(address: str, calls_file: str, conf_dir: str, helper_pid: int, socket_path: str) -> None:
@@ -95,7 +105,7 @@ def main(argv: list[str]) -> int:
         # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.runtime.server import serve
 
-        return serve(args.socket, args.metrics_address, args.conf_dir, _helper_metrics)
+        return serve(args.socket, args.metrics_address, args.conf_dir, _helper_metrics, args.max_calls)
     if args.cmd == "agent":
         # lazy: each verb loads only its own modules (the helper's forked children carry none of the agent)
         from cni.agent.main import run

@@ -2,7 +2,9 @@
 (a reservation, a veth, firewall elements, a policy record of an attachment whose DEL never came)
 would stay forever. At start and every `--gc-every` seconds the agent runs GC on its node's
 conflist itself, as a runtime would, with the valid attachments taken from the runtime: the pod
-sandboxes its CRI socket lists (ListPodSandbox, cni/agent/cri).
+sandboxes its CRI socket lists (ListPodSandbox, cni/agent/cri), asked by a short-lived process of
+the agent's own build (`pycni agent --cri-list SOCKET`), so that grpc and the CRI stubs (+17 MB
+resident) never load into the agent that stays.
 
 Whatever is in doubt is kept:
   - the runtime does not answer (stopped, restarting, another socket): no GC this round at all;
@@ -23,14 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 from typing import Callable, Iterable, Iterator
 
 from cni.firewall.attachment import network_hash
 from cni.linux import flock
+from cni.linux.children import tied_to_me
 from cni.runtime.attachment_lock import STRIPES
 from cni.runtime.client import DEFAULT_SOCKET
 from cni.spec.errors import CNIError
@@ -40,6 +46,7 @@ from cni.tools.driver import Driver, load_conflist
 from ipam.store import DiskStore
 
 CRI_SOCKETS = ("/run/containerd/containerd.sock", "/var/run/crio/crio.sock")   # as --cri-socket says
+CRI_WAIT = 30.0     # the child that asks the runtime (its own gRPC deadline is 10 s)
 LOCK_WAIT = 10.0
 DEFAULT_IFNAME = "eth0"     # what kubelet's runtimes name a pod's interface
 
@@ -200,6 +207,51 @@ def run_once(conflist_path: str, bin_dir: str, list_sandboxes: Callable[[], list
     return Round("done", decision, reclaimed)
 
 
+def agent_command() -> list[str]:
+    """How to start this agent's own build again: the frozen `pycni-agent` is its own executable
+    (its entry point prefixes the verb), a source install runs the package."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "cni", "agent"]
+
+
+def sandboxes_of(socket: str, wait: float = CRI_WAIT) -> list[str]:
+    """The runtime's pod sandbox ids, from a child that asks it (cri_list) and exits; raises
+    RuntimeError when the runtime (or the child) cannot tell."""
+    try:
+        done = subprocess.run([*agent_command(), "--cri-list", socket], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=wait, preexec_fn=tied_to_me())
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{socket}: no list of pod sandboxes within {wait:.0f} s") from None
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+    try:
+        ids = json.loads(done.stdout)
+    except ValueError:
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise RuntimeError(f"the CRI list came back malformed: {done.stdout[:200]!r}")
+    return ids
+
+
+def cri_list(socket: str) -> int:
+    """`pycni agent --cri-list SOCKET`: print the runtime's sandbox ids as a JSON list (exit 0);
+    exit 3 when the runtime does not answer, 4 without a CRI client."""
+    try:
+        # lazy: grpc and the generated CRI stubs load only in this short-lived process
+        from cni.agent.cri import client
+    except ImportError as e:
+        print(f"no CRI client ({e}): needs grpcio and the stubs build/cri_stubs.py makes", file=sys.stderr)
+        return 4
+    try:
+        ids = [s.id for s in client.list_sandboxes(socket)]
+    except client.Unreachable as e:
+        print(f"Unreachable: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(ids))
+    return 0
+
+
 class Collector:
     """The agent's GC thread: a round at start, then every `every` seconds."""
 
@@ -217,13 +269,7 @@ class Collector:
         return next((s for s in CRI_SOCKETS if os.path.exists(s)), CRI_SOCKETS[0])
 
     def sandboxes(self) -> list[str]:
-        try:
-            # lazy: grpc and the generated CRI stubs load only in the agent that runs GC
-            from cni.agent.cri import client
-        except ImportError as e:
-            raise RuntimeError(f"no CRI client ({e}): needs grpcio and the stubs build/cri_stubs.py makes") from None
-
-        return [s.id for s in client.list_sandboxes(self.socket())]
+        return sandboxes_of(self.socket())
 
     def round(self) -> Round:
         try:

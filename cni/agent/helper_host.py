@@ -27,8 +27,9 @@ BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 
 
 class HelperHost:
-    def __init__(self, exe: Path, socket: str, clock=time.monotonic):
+    def __init__(self, exe: Path, socket: str, clock=time.monotonic, max_calls: int | None = None):
         self.exe, self.socket, self.clock = exe, socket, clock
+        self.extra = ["--max-calls", str(max_calls)] if max_calls else []
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="pycni-helper", daemon=True)
@@ -42,7 +43,7 @@ class HelperHost:
             began = self.clock()
             try:
                 # forked from this thread, which lives as long as the helper should (PDEATHSIG)
-                self.proc = subprocess.Popen([str(self.exe), "helper", "--socket", self.socket],
+                self.proc = subprocess.Popen([str(self.exe), "helper", "--socket", self.socket, *self.extra],
                                              stdin=subprocess.DEVNULL, preexec_fn=tied_to_me(signal.SIGTERM))
             except OSError as e:
                 log.error(f"agent: cannot start the helper {self.exe}: {e}")

@@ -3,6 +3,7 @@ step with the cluster's Nodes (from the API, or once from a file)."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -64,6 +65,9 @@ def add_arguments(p) -> None:
                    help="host the resident helper (`pycni helper`) of the build installed in --bin-dir "
                         "on SOCKET (default /run/pycni/helper.sock): pods start faster; the agent "
                         "restarts it if it exits. With --nodes-file the agent then stays until stopped")
+    p.add_argument("--helper-max-calls", type=int, metavar="N",
+                   help="the hosted helper's calls at once (`pycni helper --max-calls`; default the helper's 16): "
+                        "with the agent's own memory this bounds the container's (docs/kubernetes.md)")
     p.add_argument("--cri-socket", metavar="PATH",
                    help="the container runtime's CRI socket, asked which pods exist before CNI GC (default: "
                         "the first of /run/containerd/containerd.sock, /var/run/crio/crio.sock that exists)")
@@ -71,6 +75,7 @@ def add_arguments(p) -> None:
                    help="run CNI GC on this node's network at start and this often (0: never; default 300)")
     p.add_argument("--gc-grace", type=float, default=120.0, metavar="SECONDS",
                    help="GC keeps an attachment whose reservation is younger than this (default 120)")
+    p.add_argument("--cri-list", metavar="SOCKET", help=argparse.SUPPRESS)   # GC's child (cni.agent.gc)
 
 
 class Syncer:
@@ -113,6 +118,11 @@ class Syncer:
 
 
 def run(args) -> int:
+    if args.cri_list:
+        # lazy: a part of the agent loads when it is switched on (cni.cli reads add_arguments for every verb)
+        from cni.agent.gc import cri_list
+
+        return cri_list(args.cri_list)
     if not args.node_name:
         log.error("agent: --node-name or $NODE_NAME is required")
         print("pycni agent: --node-name or $NODE_NAME is required")
@@ -328,7 +338,7 @@ def _host_helper(args):
     if not exe.exists():
         print(f"agent: no {exe}: the helper is not started (calls run in process)", flush=True)
         return None
-    helper = HelperHost(exe, args.helper)
+    helper = HelperHost(exe, args.helper, max_calls=args.helper_max_calls)
     helper.start()
     return helper
 

@@ -7,10 +7,10 @@ process that answered the runtime, to `calls.log` beside the helper's socket (de
 `code` is 0 or the CNI error code; `seconds` the call as the runtime's process saw it (from the
 entry point to the answer, the interpreter's own start excluded); the reason says why a call ran
 in process: disabled (PYCNI_HELPER=0), no_helper, unavailable, timeout, refused, error (the hand-
-over failed), cannot_serve (the helper could not enter the caller's namespaces), untrusted (the
-socket, its directory or its listener not root's alone), oversized (more stdin than a call may
-have) or failed_mid_call (the helper died during a DEL/CHECK, rerun here). The file is opened
-without following a symlink.
+over failed), cannot_serve (the helper could not enter the caller's namespaces), busy (the
+helper had its maximum of calls at once), untrusted (the socket, its directory or its listener
+not root's alone), oversized (more stdin than a call may have) or failed_mid_call (the helper
+died during a DEL/CHECK, rerun here). The file is opened without following a symlink.
 
 Rule: recording never fails or slows a call: one open(O_APPEND) + write + close (~30 us); a line
 is far below PIPE_BUF, so lines of concurrent calls never interleave; nothing is written when the
@@ -26,8 +26,8 @@ import time
 from cni.runtime.client import socket_path
 
 MAX_BYTES = 16 << 20
-REASONS = ("disabled", "no_helper", "unavailable", "timeout", "refused", "error", "cannot_serve", "untrusted",
-           "oversized", "failed_mid_call")
+REASONS = ("disabled", "no_helper", "unavailable", "timeout", "refused", "error", "cannot_serve", "busy",
+           "untrusted", "oversized", "failed_mid_call")
 
 
 def path_for(env) -> str:

@@ -14,8 +14,9 @@ The hand-over, so that a call is carried out exactly once whatever the helper do
                               <------------  result
 
 - No ACK within HANDOVER_TIMEOUT (helper absent, stopped, hung, overloaded, of another protocol,
-  or its child could not enter this process's namespaces and working directory, which it does
-  before the ACK): the client closes the connection and runs the call in process. The child, if it ever wakes,
+  its child could not enter this process's namespaces and working directory, which it does
+  before the ACK, or it already serves its maximum of calls at once and says BUSY without
+  forking): the client closes the connection and runs the call in process. The child, if it ever wakes,
   finds no GO and does nothing: an unacknowledged call can never be run by the helper later.
 - After GO the call is the helper's. If the answer does not come within CALL_TIMEOUT, or the child
   dies, the client kills the child through its pidfd (so it can never go on after the caller gave
@@ -46,6 +47,7 @@ CALL_TIMEOUT = 110.0        # a call the helper took: below the kubelet's 2-minu
 ACK, GO = b"ACK1", b"GO01"
 NOT_MINE = b"NAK1"          # the helper is of another build: the caller runs the call itself
 CANNOT = b"CNT1"            # the helper's child cannot enter the caller's namespaces (no CAP_SYS_ADMIN)
+BUSY = b"BSY1"              # the helper serves as many calls as it may at once: the caller runs this one
 MAX_STDIN = 16 * 1024 * 1024    # cni.spec.stdin.MAX_STDIN (not imported: the rule below; a test checks)
 INFO = b"INF1"              # the answer to a probe (STATUS): the helper's pid
 served_by_helper = 0        # in a helper's child: the helper's pid (this call is the helper's)
@@ -106,7 +108,11 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes, payload: bytes) 
     """Connect, send, wait for the acknowledgement, commit with GO; the child's pidfd. Raises on
     anything that goes wrong before GO is sent (then the helper will never run the call)."""
     deadline = time.monotonic() + HANDOVER_TIMEOUT
-    _send_request(sock, path, request, deadline, payload)
+    try:
+        _send_request(sock, path, request, deadline, payload)
+    except (BrokenPipeError, ConnectionResetError):
+        _busy_or_raise(sock)    # a helper that answered BUSY closed before it read all we sent
+        raise
     msg, anc, _, _ = sock.recvmsg(len(ACK), _socket.CMSG_SPACE(4))
     fds = [struct.unpack("i", data[:4])[0] for level, kind, data in anc
            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4]
@@ -115,6 +121,8 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes, payload: bytes) 
             os.close(fd)
         if msg == CANNOT:
             raise CannotServe("the helper cannot enter this process's namespaces")
+        if msg == BUSY:
+            raise Busy("the helper serves its maximum of calls at once")
         raise ConnectionError("the helper is of another build" if msg == NOT_MINE else
                               "the helper did not acknowledge the call")
     try:
@@ -124,6 +132,17 @@ def _hand_over(sock: _socket.socket, path: str, request: bytes, payload: bytes) 
         os.close(fds[0])
         raise
     return fds[0]
+
+
+def _busy_or_raise(sock: _socket.socket) -> None:
+    """Raise Busy when what the helper sent before it closed says BUSY."""
+    try:
+        sock.setblocking(False)
+        said = sock.recv(len(BUSY))
+    except OSError:
+        return
+    if said == BUSY:
+        raise Busy("the helper serves its maximum of calls at once")
 
 
 def _left(deadline: float) -> float:
@@ -136,6 +155,11 @@ def _left(deadline: float) -> float:
 
 class CannotServe(ConnectionError):
     """The helper's child could not take on this process's namespaces (no CAP_SYS_ADMIN)."""
+
+
+class Busy(ConnectionError):
+    """The helper has its maximum of calls in flight (`pycni helper --max-calls`): it forked no
+    child for this one."""
 
 
 class Untrusted(PermissionError):
@@ -216,6 +240,9 @@ def helper_state(env) -> str:
         head = _recv_exact(sock, len(INFO))
         if head == NOT_MINE:
             return f"of another build at {path}: calls run in process until it re-executes or restarts"
+        if head == BUSY:
+            return (f"in use, busy at {path} (its maximum of calls at once): calls beyond it run in "
+                    "process")
         if head == CANNOT:
             return (f"cannot serve at {path} (it cannot enter this process's namespaces: "
                     "CAP_SYS_ADMIN missing?): calls run in process")
@@ -265,6 +292,7 @@ def forward(plugin: str, env, stdin, stdout, run_here) -> int | None:
         not_taken = f"{type(e).__name__}: {e}"
         fallback = ("untrusted" if isinstance(e, Untrusted) else
                     "cannot_serve" if isinstance(e, CannotServe) else
+                    "busy" if isinstance(e, Busy) else
                     "timeout" if isinstance(e, TimeoutError) else
                     "unavailable" if isinstance(e, (ConnectionRefusedError, FileNotFoundError)) else
                     "refused" if isinstance(e, ValueError) else "error")

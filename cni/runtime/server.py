@@ -7,7 +7,11 @@ environment and umask) and only then acknowledges with a pidfd of itself; a chil
 (a helper without CAP_SYS_ADMIN) says so instead, and the caller runs the call itself. After the
 caller's GO (see the hand-over in `cni.runtime.client`) the child runs the very same `skel.run`
 the executable would, answers, and exits. A child holds its own connection only. A child whose
-caller went away before the answer is killed by the parent.
+caller went away before the answer is killed by the parent. At most `max_calls` children run at
+once: a call beyond waits (accepted, nothing read) for a child to end, at most QUEUE_WAIT seconds;
+then the parent itself answers BUSY, with nothing read or forked, and the caller runs the call in
+process (in the runtime's memory, not the helper's: what the helper's container may use is bounded
+however many pods start at once, and a burst is still served warm).
 
 Only root may call (SO_PEERCRED); the socket is root's alone, in a directory only root can write
 (the helper refuses another), and one helper at a time holds the socket's name (a lock beside it).
@@ -16,6 +20,7 @@ Only root may call (SO_PEERCRED); the socket is root's alone, in a directory onl
 from __future__ import annotations
 
 import array
+import collections
 import fcntl
 import gc
 import io
@@ -32,7 +37,7 @@ from cni.linux import netns, rtnl, tc
 from cni.linux.children import die_with
 from cni.firewall import nft
 from cni.runtime import client, registry
-from cni.runtime.client import (ACK, CANNOT, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, INFO, MAX_STDIN, NOT_MINE,
+from cni.runtime.client import (ACK, BUSY, CANNOT, DEFAULT_SOCKET, GO, HANDOVER_TIMEOUT, INFO, MAX_STDIN, NOT_MINE,
                                 WRITABLE_BY_OTHERS, _recv_exact, build_identity)
 from cni.runtime.registry import PLUGINS
 from cni.spec import names
@@ -48,6 +53,9 @@ from cni.spec import request as _request, result as _result  # noqa: F401
 
 REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
 MAX_REQUEST = 1 << 20       # the request without stdin: the caller's environment and a few fields
+DEFAULT_MAX_CALLS = 16      # children at once (~3 MB each while it runs); a call beyond waits, then runs in its caller
+QUEUE_WAIT = 0.5            # how long a call beyond them may wait for a child to end (of HANDOVER_TIMEOUT's 1 s)
+BUSY_LOG_EVERY = 10.0       # seconds between two log lines about calls refused for the bound
 METRICS_RESTART_AFTER = 5.0     # a metrics server that died is started again, at most this often
 _PARENT_ONLY: list[int] = []    # descriptors of the helper itself, closed in every child it forks
 
@@ -294,12 +302,14 @@ class _Metrics:
 
 
 def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str = "/etc/cni/net.d",
-          serve_metrics=None) -> int:
+          serve_metrics=None, max_calls: int = DEFAULT_MAX_CALLS) -> int:
     """Serve calls on `path` until SIGTERM (or re-execute when the executable became a new build).
     With `metrics_address`, `serve_metrics(address, calls_file, conf_dir, helper_pid, path)` runs in a
     process of its own (handed in by the command line: the metrics server is not the runtime's)."""
     if metrics_address and serve_metrics is None:
         raise ValueError("a metrics address needs the metrics server to run there")
+    if max_calls < 1:
+        raise ValueError("the helper must be allowed at least one call at once")
     refused = _private_dir(path)
     if refused:
         _log(f"{refused}; not starting (name a socket in a directory of root's alone)")
@@ -310,13 +320,13 @@ def serve(path: str = DEFAULT_SOCKET, metrics_address: str = "", conf_dir: str =
         return 1
     _PARENT_ONLY.append(name_lock)      # a child holding it would keep the name after we die
     try:
-        return _serve_holding(path, metrics_address, conf_dir, serve_metrics)
+        return _serve_holding(path, metrics_address, conf_dir, serve_metrics, max_calls)
     finally:
         _PARENT_ONLY.remove(name_lock)
         os.close(name_lock)
 
 
-def _serve_holding(path: str, metrics_address: str, conf_dir: str, serve_metrics) -> int:
+def _serve_holding(path: str, metrics_address: str, conf_dir: str, serve_metrics, max_calls: int) -> int:
     if _answering(path):
         _log(f"another helper already serves {path}; not starting")
         return 1
@@ -341,14 +351,15 @@ def _serve_holding(path: str, metrics_address: str, conf_dir: str, serve_metrics
     metrics = _Metrics(serve_metrics, path, metrics_address, conf_dir) if metrics_address else None
     if metrics:
         metrics.start([server])
-    _log(f"serving on {path} (pid {os.getpid()})" + (f", metrics on {metrics_address}" if metrics_address else ""))
+    _log(f"serving on {path} (pid {os.getpid()}, at most {max_calls} calls at once)"
+         + (f", metrics on {metrics_address}" if metrics_address else ""))
     build, started_as = build_identity(), _started_as()
     watching: dict[int, tuple[socket.socket, int]] = {}     # fd -> (connection, child pid)
     poller = select.poll()
     poller.register(server, select.POLLIN)
     try:
         _loop(server, poller, watching, build, started_as, _resolves(started_as) if started_as else "", metrics,
-              lambda: _same_file(path, mine))
+              lambda: _same_file(path, mine), _Bound(max_calls))
     except _Lost:
         _log(f"{path} is no longer this helper's socket (removed or replaced): stopping, so that a new "
              "helper can take the name")
@@ -370,7 +381,7 @@ def _serve_holding(path: str, metrics_address: str, conf_dir: str, serve_metrics
             metrics.stop()
     if upgraded:        # the same pid becomes the new build; calls meanwhile run in process
         extra = ["--metrics-address", metrics_address, "--conf-dir", conf_dir] if metrics_address else []
-        os.execv(started_as, [started_as, "helper", "--socket", path, *extra])
+        os.execv(started_as, [started_as, "helper", "--socket", path, "--max-calls", str(max_calls), *extra])
     return 0
 
 
@@ -390,18 +401,52 @@ def _same_file(path: str, mine: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+class _Bound:
+    """How many calls may run at once; the connections waiting for one of them to end (accepted,
+    nothing read: oldest first) and the refusals (logged at most every BUSY_LOG_EVERY seconds)."""
+
+    def __init__(self, max_calls: int, clock=time.monotonic):
+        self.max_calls, self.clock = max_calls, clock
+        self.waiting: collections.deque[tuple[socket.socket, float]] = collections.deque()
+        self.refused, self.logged_at = 0, 0.0
+
+    def wait(self, conn: socket.socket) -> None:
+        self.waiting.append((conn, self.clock()))
+
+    def next_free(self, running: int) -> socket.socket | None:
+        """The oldest waiting connection, when fewer than max_calls run (else None)."""
+        return self.waiting.popleft()[0] if self.waiting and running < self.max_calls else None
+
+    def expire(self) -> None:
+        """Answer BUSY to every connection that waited past QUEUE_WAIT (its caller runs the call)."""
+        now = self.clock()
+        while self.waiting and now - self.waiting[0][1] >= QUEUE_WAIT:
+            conn, _ = self.waiting.popleft()
+            try:
+                conn.setblocking(False)
+                conn.send(BUSY)     # nothing was ever sent on it: never blocks
+            except OSError:
+                pass                # the caller is gone, or runs the call itself on the error
+            conn.close()
+            self.refused += 1
+            if now - self.logged_at >= BUSY_LOG_EVERY:
+                self.logged_at = now
+                _log(f"{self.max_calls} calls at once: {self.refused} refused so far, each run by its caller")
+
+
 def _loop(server: socket.socket, poller, watching: dict, build: str, started_as: str, at_start: str,
-          metrics: _Metrics | None = None, still_mine=None) -> None:
+          metrics: _Metrics | None = None, still_mine=None, bound: _Bound | None = None) -> None:
     """Accept calls, watch their callers, reap children; raise _Upgraded when the executable the
     helper was started as now points at another build, _Lost when our socket's name is gone (a
     helper listening on an unlinked socket would hold the name's lock and serve no one)."""
+    bound = bound or _Bound(DEFAULT_MAX_CALLS)
     while True:
-        ready = poller.poll(500)
+        ready = poller.poll(20 if bound.waiting else 500)
         if not ready and still_mine is not None and not still_mine():
             raise _Lost()
         for fd, events in ready:
             if fd == server.fileno():
-                _accept(server, poller, watching, build, metrics)
+                _accept(server, poller, watching, build, metrics, bound)
                 if started_as and _resolves(started_as) != at_start:
                     raise _Upgraded()
             elif fd in watching:         # the caller hung up: its child must not go on
@@ -420,11 +465,15 @@ def _loop(server: socket.socket, poller, watching: dict, build: str, started_as:
                     del watching[fd]
                     poller.unregister(fd)
                     conn.close()
+        while (conn := bound.next_free(len(watching))) is not None:
+            _start_child(conn, server, poller, watching, build, bound)
+        bound.expire()
         if metrics and metrics.due():
-            metrics.start([server, *(conn for conn, _ in watching.values())])
+            metrics.start([server, *(conn for conn, _ in watching.values()), *(conn for conn, _ in bound.waiting)])
 
 
-def _accept(server: socket.socket, poller, watching: dict, build: str, metrics: _Metrics | None = None) -> None:
+def _accept(server: socket.socket, poller, watching: dict, build: str, metrics: _Metrics | None,
+            bound: _Bound) -> None:
     try:
         conn, _ = server.accept()
     except BlockingIOError:
@@ -434,6 +483,14 @@ def _accept(server: socket.socket, poller, watching: dict, build: str, metrics: 
         _log(f"refused a caller with uid {uid}: only root may configure the node")
         conn.close()
         return
+    if len(watching) >= bound.max_calls or bound.waiting:
+        bound.wait(conn)            # behind the others: first come, first served
+        return
+    _start_child(conn, server, poller, watching, build, bound)
+
+
+def _start_child(conn: socket.socket, server: socket.socket, poller, watching: dict, build: str,
+                 bound: _Bound) -> None:
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -442,7 +499,7 @@ def _accept(server: socket.socket, poller, watching: dict, build: str, metrics: 
             server.close()
             # this call's connection only: a sibling's caller must see its own child's end
             # (a copy here would keep its connection open until this call is over)
-            for other, _ in watching.values():
+            for other, _ in (*watching.values(), *bound.waiting):
                 other.close()
             for fd in _PARENT_ONLY:
                 os.close(fd)

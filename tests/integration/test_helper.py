@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -447,3 +448,69 @@ def test_a_del_answers_once_both_veth_ends_are_gone(node, through, request):
     assert node.reservations("testnet") == []
     if through == "helper":
         assert served_by_helper(node) == 6
+
+
+def helper_children(pid: int) -> int:
+    """How many processes the helper itself forked are alive now (its call children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return len(f.read().split())
+    except OSError:
+        return 0
+
+
+def test_a_bounded_helper_serves_at_most_its_calls_and_the_rest_run_in_their_callers(node, tmp_path):
+    """`pycni helper --max-calls 2`: two slow ADDs hold both of its children; an ADD and a STATUS
+    beyond them are answered at once in process (calls log: busy), a burst of 12 ADDs all succeed
+    with distinct addresses while the helper never has more than 2 children, and once the slow
+    ones are done the helper serves again."""
+    path = node.tmp / "helper.sock"
+    helper = subprocess.Popen(["ip", "netns", "exec", node.name, str(BIN / "pycni"), "helper", "--socket", str(path),
+                               "--max-calls", "2"], stderr=subprocess.PIPE, text=True)
+    most, sampling = [0], threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            most[0] = max(most[0], helper_children(helper.pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        assert "at most 2 calls at once" in ready_line(helper, stream=helper.stderr)
+        sampler.start()
+        slow = slow_ipam(tmp_path, add_sleep=4)
+        conf = netconf(node)
+        slow_conf = {**conf, "ipam": {"type": "slowipam"}}
+        held = [start_call(node, call_env(node, "ADD", node.pod(), f"slow{i}", slow), slow_conf) for i in range(2)]
+        deadline = time.monotonic() + 20
+        while helper_children(helper.pid) < 2:
+            assert time.monotonic() < deadline, "the slow ADDs never reached the helper"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        extra = node.pycni("ADD", conf, node.pod(), cid="beyond")
+        took = time.monotonic() - t0
+        assert extra.rc == 0, extra.out
+        assert calls_log_tail(node) == ["process", "busy"]
+        assert took < 3.0, took                     # no hand-over timeout: refused at once
+        assert node.pycni("STATUS", {**conf, "cniVersion": "1.1.0"}).rc == 0
+        assert status_line(node).startswith("did not take this call (Busy: the helper serves its maximum")
+        pods = [node.pod() for _ in range(12)]
+        burst = [start_call(node, call_env(node, "ADD", pod, f"burst{i}", BIN), conf) for i, pod in enumerate(pods)]
+        outs = [json.loads(p.stdout.read()) for p in burst]
+        assert all(p.wait(timeout=120) == 0 for p in burst), outs
+        assert len({o["ips"][0]["address"] for o in outs} | {extra.out["ips"][0]["address"]}) == 13
+        assert all(p.wait(timeout=60) == 0 for p in held)
+        sampling.set()
+        sampler.join()
+        assert most[0] == 2, most[0]
+        adds = [line.split()[6:] for line in (node.tmp / "calls.log").read_text().splitlines() if " ADD " in line]
+        assert len(adds) == 15 and all(a in (["helper", "-"], ["process", "busy"]) for a in adds), adds
+        assert node.pycni("ADD", conf, node.pod(), cid="after").rc == 0
+        assert calls_log_tail(node) == ["helper", "-"]
+    finally:
+        sampling.set()
+        stop(helper)
+
+
+def calls_log_tail(node) -> list[str]:
+    return (node.tmp / "calls.log").read_text().splitlines()[-1].split()[6:]

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,7 @@ from tests.integration.test_portmap import APP, World
 
 pytestmark = pytest.mark.skipif(not (REFERENCE_DIR / "portmap").exists(), reason="reference plugins not installed")
 
+ROOT = Path(__file__).resolve().parents[2]
 LEGACY = ("iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore")
 
 
@@ -238,6 +241,55 @@ def test_back_to_the_reference_then_one_gc(switch):
     assert s.ping(s.pods["t"], "10.88.0.1")
     assert s.ask(8090) == "" and s.ask(8093) == "t 192.0.2.1"
     assert s.ask(8091) == "q 192.0.2.1" and s.ask(8092) == "r 192.0.2.1"   # live pods untouched
+    assert sorted(s.node.reservations("testnet")) == sorted([s.address("q"), s.address("r"), p])
+    for cid in ("q", "r", "t"):
+        out = s.exec("del", "reference", cid)
+        if out.returncode != 0:
+            out = s.exec("del", "reference", cid)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+AGENT_ROUND = ("import sys; from cni.agent import gc; "
+               "gc.Collector(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], every=300, grace=120).round()")
+
+
+@pytest.mark.parametrize("switch", PAIRS[:2], indirect=True, ids=[f"pycni-{b}-reference-{f}" for b, f in PAIRS[:2]])
+def test_back_to_the_reference_the_agents_own_gc_round_cleans_up(switch):
+    """5, with the agent: the runtime now uses the reference's conflist (sorting before the agent's,
+    which the agent keeps writing); the agent's GC round, as its thread runs it every --gc-every
+    seconds, asks the runtime's CRI which pods live and removes what pycni left of the pod the
+    reference deleted, with no one running a command."""
+    s = switch
+    p = s.add("pycni-1.0.0", "p", 8090)
+    s.add("pycni-1.0.0", "q", 8091)
+    s.add("reference", "r", 8092)
+    dele = s.exec("del", "reference", "p")
+    if dele.returncode != 0:        # its first DEL of a pycni pod (see above); the runtime retries
+        dele = s.exec("del", "reference", "p")
+    assert dele.returncode == 0, dele.stdout + dele.stderr
+    assert "pycni testnet/p/" in s.pycni_rules()        # left behind: what the round must remove
+
+    sock = s.node.tmp / "cri.sock"
+    env = {**s.env, "PYTHONPATH": str(ROOT)}
+    runtime = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_cri.py"), str(sock), "q", "r"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert ready_line(runtime).strip() == "ready"
+        done = subprocess.run(["ip", "netns", "exec", s.node.name, sys.executable, "-c", AGENT_ROUND,
+                               str(s.lists["pycni"]), str(BIN), str(sock), str(s.node.tmp / "helper.sock")],
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        runtime.stdin.close()
+        runtime.wait(10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"agent: gc: 0 stale attachments, 0 kept for their age; reclaimed 0 addresses, "
+                        r"[1-9]\d* firewall rules, 0 interfaces", summary), done.stdout + done.stderr
+    assert "pycni testnet/p/" not in s.pycni_rules()
+    assert s.ask(8090) == ""
+    assert s.add("reference", "t", 8093, ip=p) == p     # p's address to another pod: its old port says nothing
+    assert s.ask(8090) == "" and s.ask(8093) == "t 192.0.2.1"
+    assert s.ask(8091) == "q 192.0.2.1" and s.ask(8092) == "r 192.0.2.1"   # the live pods untouched
     assert sorted(s.node.reservations("testnet")) == sorted([s.address("q"), s.address("r"), p])
     for cid in ("q", "r", "t"):
         out = s.exec("del", "reference", cid)

@@ -48,3 +48,38 @@ def test_a_call_holding_an_attachment_lock_makes_the_round_keep_everything(tmp_p
         fd = os.open(calls / name, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
+
+
+ASK = r"""
+import sys
+from cni.agent import gc
+try:
+    print(gc.sandboxes_of(sys.argv[1]))
+except RuntimeError as e:
+    print("RuntimeError:", e)
+print("grpc loaded:", "grpc" in sys.modules)
+"""
+
+
+def test_the_agent_asks_the_runtime_through_a_child_and_never_loads_grpc_itself(tmp_path):
+    """A fake CRI runtime on a unix socket: the GC's list of sandboxes has both of its sandboxes
+    (ready or not), and the agent's own process never imported grpc (+17 MB that would stay)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sock = tmp_path / "cri.sock"
+    runtime = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "fake_cri.py"), str(sock),
+                                "sb-1", "sb-2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        assert runtime.stdout.readline().strip() == "ready"
+        asked = subprocess.run([sys.executable, "-c", ASK, str(sock)], capture_output=True, text=True, timeout=60)
+        assert asked.stdout.splitlines() == ["['sb-1', 'sb-2']", "grpc loaded: False"], asked.stderr
+    finally:
+        runtime.stdin.close()
+        runtime.wait(10)
+    # no runtime on the socket now: the round learns that the runtime cannot tell (nothing is released)
+    gone = subprocess.run([sys.executable, "-c", ASK, str(sock)], capture_output=True, text=True, timeout=60)
+    assert gone.stdout.splitlines()[0].startswith("RuntimeError: Unreachable: "), gone.stdout + gone.stderr
+    assert gone.stdout.splitlines()[1] == "grpc loaded: False"
