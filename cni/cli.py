@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="also serve /metrics, /healthz, /readyz there (nodes without the agent)")
     hp.add_argument("--conf-dir", default="/etc/cni/net.d", help="the networks whose IPAM ranges are reported")
     hp.add_argument("--max-calls", type=at_least_one, default=16, metavar="N",
-                    help="calls served at once (a child each, ~3 MB); one beyond them runs in its caller's "
+                    help="calls served at once (a child each, ~5 MB); one beyond them waits up to 0.5 s, then runs in its caller's "
                          "process (default %(default)s)")
     return p
 

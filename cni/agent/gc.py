@@ -207,24 +207,29 @@ def run_once(conflist_path: str, bin_dir: str, list_sandboxes: Callable[[], list
     return Round("done", decision, reclaimed)
 
 
-def agent_command() -> list[str]:
-    """How to start this agent's own build again: the frozen `pycni-agent` is its own executable
-    (its entry point prefixes the verb), a source install runs the package."""
+def agent_command() -> tuple[list[str], dict]:
+    """How to start this agent's own build again, and its environment: the frozen `pycni-agent`
+    is its own executable (its entry point prefixes the verb), started as a new instance (else
+    its bootloader takes our restarted state for its own and skips the bundle's library path:
+    seen in the DaemonSet image as "libffi.so.8: cannot open shared object file"); a source
+    install runs the package."""
     if getattr(sys, "frozen", False):
-        return [sys.executable]
-    return [sys.executable, "-m", "cni", "agent"]
+        return [sys.executable], {**os.environ, "PYINSTALLER_RESET_ENVIRONMENT": "1"}
+    return [sys.executable, "-m", "cni", "agent"], dict(os.environ)
 
 
 def sandboxes_of(socket: str, wait: float = CRI_WAIT) -> list[str]:
     """The runtime's pod sandbox ids, from a child that asks it (cri_list) and exits; raises
     RuntimeError when the runtime (or the child) cannot tell."""
     try:
-        done = subprocess.run([*agent_command(), "--cri-list", socket], stdin=subprocess.DEVNULL,
+        command, env = agent_command()
+        done = subprocess.run([*command, "--cri-list", socket], stdin=subprocess.DEVNULL, env=env,
                               capture_output=True, text=True, timeout=wait, preexec_fn=tied_to_me())
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{socket}: no list of pod sandboxes within {wait:.0f} s") from None
-    if done.returncode != 0:
-        raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+    if done.returncode != 0:        # its last word (a frozen build's bootloader adds a line of its own)
+        said = [line for line in done.stderr.strip().splitlines() if not line.startswith("[PYI-")]
+        raise RuntimeError(said[-1] if said else f"exit {done.returncode}")
     try:
         ids = json.loads(done.stdout)
     except ValueError:

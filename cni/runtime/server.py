@@ -53,7 +53,7 @@ from cni.spec import request as _request, result as _result  # noqa: F401
 
 REQUEST_TIMEOUT = 5.0       # a caller that connects must send its request within this
 MAX_REQUEST = 1 << 20       # the request without stdin: the caller's environment and a few fields
-DEFAULT_MAX_CALLS = 16      # children at once (~3 MB each while it runs); a call beyond waits, then runs in its caller
+DEFAULT_MAX_CALLS = 16      # children at once (~5 MB each while it runs); a call beyond waits, then runs in its caller
 QUEUE_WAIT = 0.5            # how long a call beyond them may wait for a child to end (of HANDOVER_TIMEOUT's 1 s)
 BUSY_LOG_EVERY = 10.0       # seconds between two log lines about calls refused for the bound
 METRICS_RESTART_AFTER = 5.0     # a metrics server that died is started again, at most this often

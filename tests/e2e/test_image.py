@@ -146,11 +146,16 @@ def test_daemonset_agent_hosts_the_helper_that_serves_the_node(node, tmp_path, i
                   "--env", "NODE_NAME=node-a", IMAGE, "agent", "/opt/pycni/agent/pycni-agent",
                   "--from=/opt/pycni/plugin", f"--bin-dir={bin_dir}", "--conf-dir=/host/etc/cni/net.d",
                   f"--data-dir={run_dir / 'ipam'}", "--cluster-cidr=10.244.0.0/16",
-                  "--nodes-file=/data/nodes.json", "--helper=/run/pycni/helper.sock",
-                  "--metrics-address=127.0.0.1:9152")
+                  "--nodes-file=/data/nodes.json", "--helper=/run/pycni/helper.sock", "--helper-max-calls=16",
+                  "--metrics-address=127.0.0.1:9152", "--cri-socket=/run/pycni/no-runtime.sock")
         helper_sock = run_dir / "helper.sock"
         wait_for(lambda: helper_sock.exists() and "helper started" in agent_log.read_text(),
                  what="the agent's helper")
+        # its GC round asked the (absent) runtime through a child of the frozen agent, which has
+        # the CRI client (grpc and the stubs) and found no runtime there: nothing released
+        line = wait_for(lambda: next((x for x in agent_log.read_text().splitlines() if "agent: gc:" in x), None),
+                        what="the agent's first GC round")
+        assert "the runtime cannot tell its pods (RuntimeError: Unreachable: /run/pycni/no-runtime.sock" in line, line
 
         conflist = json.loads((conf_dir / "10-pycni.conflist").read_text())
         conf = {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}

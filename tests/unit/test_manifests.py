@@ -147,6 +147,8 @@ def test_daemonset_contract():
     from cni.runtime.client import DEFAULT_SOCKET
 
     assert args["helper"] == DEFAULT_SOCKET and DEFAULT_SOCKET.startswith(host["/run/pycni"] + "/")
+    # the container's memory limit holds because the helper's children are bounded (issue 25)
+    assert int(args["helper-max-calls"]) <= 16
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     # the agent's command line parses
