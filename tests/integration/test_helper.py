@@ -229,7 +229,11 @@ def test_twenty_parallel_calls_through_the_helper_get_unique_addresses(node, hel
     assert all(p.wait(timeout=120) == 0 for p in procs), outs
     addrs = [o["ips"][0]["address"] for o in outs]
     assert len(set(addrs)) == 20
-    assert served_by_helper(node) == 20
+    # the helper's default bound is 16 at once: the first 16 are its own, a call beyond may have
+    # waited for a child and then run in process (busy), never for another reason
+    served = [line.split()[6:] for line in (node.tmp / "calls.log").read_text().splitlines() if " ADD " in line]
+    assert len(served) == 20 and all(w in (["helper", "-"], ["process", "busy"]) for w in served), served
+    assert served_by_helper(node) == served.count(["helper", "-"]) >= 16
 
 
 def test_a_helper_in_another_mount_namespace_acts_in_the_callers(node):
